@@ -1,0 +1,361 @@
+"""One asset from the CDN to disk: stream to .part, resume with Range, hash, prove, rename.
+
+The session here never carries credentials. A file appears under its final name
+only when its length, its media type and (when known) its size have been checked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import hashlib
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import BinaryIO
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from archiver.errors import (
+    ExpiredUrlError,
+    PermanentAssetError,
+    StorageError,
+    TransientAssetError,
+)
+from archiver.models import strip_query
+from archiver.retry import HostThrottle, RetryPolicy, parse_retry_after
+
+CHUNK_SIZE = 1 << 20
+PART_SUFFIX = ".part"
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+MAGIC_CHECKS: dict[str, Callable[[bytes], bool]] = {
+    "mp4": lambda head: head[4:8] == b"ftyp",
+    "jpeg": lambda head: head.startswith(b"\xff\xd8\xff"),
+    "png": lambda head: head.startswith(b"\x89PNG\r\n\x1a\n"),
+    "webp": lambda head: head[:4] == b"RIFF" and head[8:12] == b"WEBP",
+    "gif": lambda head: head[:6] in (b"GIF87a", b"GIF89a"),
+}
+_HTML_START = re.compile(rb"^\s*(<!doctype|<html|<\?xml|<head|<body|<error)", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class AssetRequest:
+    """What to fetch and where; `validator` is the ETag/Last-Modified an existing .part
+    was started under, `expected_size` what the manifest says the file must be."""
+
+    url: str
+    path: Path
+    media: str | None
+    expected_size: int | None = None
+    validator: str | None = None
+
+
+@dataclass(frozen=True)
+class FetchedFile:
+    """A file now on disk under its final name."""
+
+    path: Path
+    size: int
+    sha256: str
+    validator: str | None
+    fetched_bytes: int
+
+
+def part_path(path: Path) -> Path:
+    return path.with_name(path.name + PART_SUFFIX)
+
+
+def storage_error(exc: OSError, path: Path) -> StorageError:
+    reason = exc.strerror or str(exc)
+    if exc.errno == errno.ENOSPC:
+        reason = "no space left on device"
+    return StorageError(f"cannot write {path}: {reason}")
+
+
+class PartFile:
+    """A .part file being appended to, hashed as it grows; blocking, run in a thread."""
+
+    def __init__(self, path: Path, offset: int) -> None:
+        self.path = path
+        self.hasher = hashlib.sha256()
+        self.size = 0
+        self.head = b""
+        if offset:
+            with path.open("rb") as existing:
+                while block := existing.read(CHUNK_SIZE):
+                    self._account(block)
+            if self.size != offset:
+                raise OSError(errno.EIO, "part file changed under us")
+        self._handle: BinaryIO = path.open("r+b" if offset else "wb")
+        self._handle.seek(offset)
+        self._handle.truncate()
+
+    def _account(self, block: bytes) -> None:
+        if len(self.head) < 16:
+            self.head = (self.head + block)[:16]
+        self.hasher.update(block)
+        self.size += len(block)
+
+    def write(self, block: bytes) -> None:
+        self._handle.write(block)
+        self._account(block)
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def finish(self, final: Path, durable: bool) -> None:
+        """Flush, fsync when asked, and move into place atomically."""
+        self._handle.flush()
+        if durable:
+            os.fsync(self._handle.fileno())
+        self._handle.close()
+        os.replace(self.path, final)
+        if durable:
+            fd = os.open(final.parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
+class AssetDownloader:
+    """Fetches assets over a credential-free session, retrying what a retry can fix."""
+
+    def __init__(
+        self,
+        *,
+        timeout: float = 60.0,
+        retry: RetryPolicy | None = None,
+        connections: int = 16,
+        durable: bool = True,
+    ) -> None:
+        self._timeout = aiohttp.ClientTimeout(total=None, connect=timeout, sock_read=timeout)
+        self._retry = retry or RetryPolicy()
+        self._connections = connections
+        self._durable = durable
+        self._throttle = HostThrottle()
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> AssetDownloader:
+        self._session = aiohttp.ClientSession(
+            timeout=self._timeout,
+            connector=aiohttp.TCPConnector(limit=self._connections, ttl_dns_cache=300),
+            cookie_jar=aiohttp.DummyCookieJar(),
+            auto_decompress=False,
+            trust_env=False,
+        )
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def fetch(
+        self, request: AssetRequest, on_validator: Callable[[str | None], None]
+    ) -> FetchedFile:
+        """Fetch with retries; raise an AssetError subclass or StorageError when it cannot.
+
+        `on_validator` hears the ETag/Last-Modified a new .part is started under, so the
+        caller can keep it for a resume after a crash.
+        """
+        host = urlsplit(request.url).netloc
+        attempt = 0
+        while True:
+            await self._throttle.wait(host)
+            started: list[str | None] = []
+            try:
+                return await self._attempt(request, started.append)
+            except TransientAssetError as exc:
+                if attempt >= self._retry.attempts:
+                    raise
+                if exc.retry_after is not None:
+                    self._throttle.pause(host, self._retry.delay(attempt, exc.retry_after))
+                else:
+                    await asyncio.sleep(self._retry.delay(attempt))
+                attempt += 1
+            finally:
+                if started:
+                    on_validator(started[-1])
+                    request = replace(request, validator=started[-1])
+
+    async def _attempt(
+        self, request: AssetRequest, on_validator: Callable[[str | None], None]
+    ) -> FetchedFile:
+        part = part_path(request.path)
+        offset = _resumable_offset(part, request.validator)
+        headers = {"Accept-Encoding": "identity"}
+        if offset:
+            headers["Range"] = f"bytes={offset}-"
+            headers["If-Range"] = request.validator or ""
+        where = strip_query(request.url)
+        try:
+            return await self._exchange(request, part, offset, headers, on_validator, where)
+        except _RestartFromZero:
+            part.unlink(missing_ok=True)
+            raise
+
+    async def _exchange(
+        self,
+        request: AssetRequest,
+        part: Path,
+        offset: int,
+        headers: dict[str, str],
+        on_validator: Callable[[str | None], None],
+        where: str,
+    ) -> FetchedFile:
+        assert self._session is not None
+        try:
+            async with self._session.get(request.url, headers=headers) as resp:
+                offset, total = _check_response(resp, offset, where)
+                if resp.status == 416:
+                    return await self._finish(request, part, offset, None, 0, where)
+                validator = resp.headers.get("ETag") or resp.headers.get("Last-Modified")
+                if offset == 0:
+                    on_validator(validator)
+                return await self._stream(request, resp, part, offset, total, validator, where)
+        except (aiohttp.ClientError, TimeoutError, asyncio.IncompleteReadError) as exc:
+            raise TransientAssetError(f"{type(exc).__name__} fetching {where}") from None
+
+    async def _stream(
+        self,
+        request: AssetRequest,
+        resp: aiohttp.ClientResponse,
+        part: Path,
+        offset: int,
+        total: int | None,
+        validator: str | None,
+        where: str,
+    ) -> FetchedFile:
+        writer = await self._disk(request.path, PartFile, part, offset)
+        assert isinstance(writer, PartFile)
+        fetched = 0
+        try:
+            buffer: list[bytes] = []
+            buffered = 0
+            async for block in resp.content.iter_chunked(CHUNK_SIZE):
+                buffer.append(block)
+                buffered += len(block)
+                if buffered >= CHUNK_SIZE:
+                    await self._disk(request.path, writer.write, b"".join(buffer))
+                    fetched += buffered
+                    buffer, buffered = [], 0
+            if buffer:
+                await self._disk(request.path, writer.write, b"".join(buffer))
+                fetched += buffered
+        except BaseException:
+            await asyncio.to_thread(writer.close)
+            raise
+        if total is not None and writer.size != total:
+            await asyncio.to_thread(writer.close)
+            raise TransientAssetError(
+                f"{where} ended after {writer.size} of {total} bytes (connection dropped)"
+            )
+        try:
+            return await self._finish(request, part, writer.size, writer, fetched, where, validator)
+        except BaseException:
+            await asyncio.to_thread(writer.close)
+            raise
+
+    async def _finish(
+        self,
+        request: AssetRequest,
+        part: Path,
+        size: int,
+        writer: PartFile | None,
+        fetched: int,
+        where: str,
+        validator: str | None = None,
+    ) -> FetchedFile:
+        if writer is None:
+            opened = await self._disk(request.path, PartFile, part, size)
+            assert isinstance(opened, PartFile)
+            writer = opened
+        if request.expected_size is not None and size != request.expected_size:
+            await asyncio.to_thread(writer.close)
+            part.unlink(missing_ok=True)
+            raise PermanentAssetError(
+                f"{where} is {size} bytes but the archive recorded {request.expected_size}"
+            )
+        problem = media_problem(writer.head, request.media)
+        if problem:
+            await asyncio.to_thread(writer.close)
+            part.unlink(missing_ok=True)
+            raise TransientAssetError(f"{where} {problem}")
+        await self._disk(request.path, writer.finish, request.path, self._durable)
+        return FetchedFile(
+            path=request.path,
+            size=size,
+            sha256=writer.hasher.hexdigest(),
+            validator=validator or request.validator,
+            fetched_bytes=fetched,
+        )
+
+    @staticmethod
+    async def _disk(path: Path, func: Callable[..., object], *args: object) -> object:
+        try:
+            return await asyncio.to_thread(func, *args)
+        except OSError as exc:
+            raise storage_error(exc, path) from None
+
+
+def _resumable_offset(part: Path, validator: str | None) -> int:
+    """Bytes of an existing .part we may build on; one without a validator is dropped."""
+    try:
+        size = part.stat().st_size
+    except FileNotFoundError:
+        return 0
+    except OSError as exc:
+        raise storage_error(exc, part) from None
+    if size and validator:
+        return size
+    part.unlink(missing_ok=True)
+    return 0
+
+
+def _check_response(
+    resp: aiohttp.ClientResponse, offset: int, where: str
+) -> tuple[int, int | None]:
+    """Classify a CDN answer; return (offset to write at, expected total size)."""
+    status = resp.status
+    if status == 200:
+        if resp.content_type == "text/html":
+            raise TransientAssetError(f"{where} answered an HTML page instead of media")
+        return 0, resp.content_length
+    if status == 206:
+        match = _CONTENT_RANGE.fullmatch(resp.headers.get("Content-Range", "").strip())
+        if match is None or int(match.group(1)) != offset:
+            raise _RestartFromZero(f"{where} resumed at the wrong offset")
+        total = match.group(3)
+        return offset, int(total) if total != "*" else None
+    if status == 416:
+        total_text = resp.headers.get("Content-Range", "").rpartition("/")[2]
+        if offset and total_text.isdigit() and int(total_text) == offset:
+            return offset, offset
+        raise _RestartFromZero(f"{where} refused the resume range")
+    if status in (404, 410):
+        raise PermanentAssetError(f"{where} is gone (HTTP {status})")
+    if status in (400, 403):
+        raise ExpiredUrlError(f"{where} was refused (HTTP {status}): the signed URL expired")
+    if status in (408, 429) or status >= 500:
+        retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+        raise TransientAssetError(f"{where} answered HTTP {status}", retry_after)
+    raise PermanentAssetError(f"{where} answered HTTP {status}")
+
+
+class _RestartFromZero(TransientAssetError):
+    """The server cannot continue our .part: drop it and fetch the whole file again."""
+
+
+def media_problem(head: bytes, media: str | None) -> str | None:
+    """Why the first bytes are not the media the asset should be, or None when they are."""
+    if not head:
+        return "is empty"
+    if _HTML_START.match(head):
+        return "is an HTML page, not media"
+    check = MAGIC_CHECKS.get(media or "")
+    if check is not None and not check(head):
+        return f"is not a valid {media} file"
+    return None

@@ -1,0 +1,143 @@
+"""Where things go under DEST: item folders, safe names, state files, atomic sidecars.
+
+Every path handed out is checked to resolve inside DEST, whatever the API sent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from archiver.errors import StorageError
+from archiver.models import Asset, Item
+
+STATE_DIR = ".pictory-archiver"
+PART_SUFFIX = ".part"
+METADATA_NAME = "metadata.json"
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+MAX_COMPONENT = 64
+
+
+def safe_component(text: str) -> str:
+    """A file-name-safe rendering of `text`; a hash suffix keeps altered names unique."""
+    cleaned = _UNSAFE.sub("_", text).strip("._") or "item"
+    if cleaned == text and len(text) <= MAX_COMPONENT:
+        return text
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:10]
+    return f"{cleaned[:MAX_COMPONENT]}-{digest}"
+
+
+class ArchiveLayout:
+    """Maps items and assets to paths under DEST."""
+
+    def __init__(self, dest: Path, folder_template: str) -> None:
+        self.dest = dest.absolute()
+        self.template = folder_template
+
+    @property
+    def state_dir(self) -> Path:
+        return self.dest / STATE_DIR
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.state_dir / "manifest.sqlite"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.state_dir / "lock"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.state_dir / "runs"
+
+    def item_folder(self, item: Item) -> str:
+        """The item's folder relative to DEST, e.g. videos/2026/04/2026-04-09_185147_<id>."""
+        when = item.created
+        relative = self.template.format(
+            year=f"{when.year:04d}",
+            month=f"{when.month:02d}",
+            day=f"{when.day:02d}",
+            date=when.strftime("%Y-%m-%d"),
+            time=when.strftime("%H%M%S"),
+            id=safe_component(item.id),
+            kind=item.kind.name,
+        )
+        folder = f"{item.kind.folder}/{relative}"
+        self.resolve(folder)
+        return folder
+
+    def resolve(self, relative: str) -> Path:
+        """DEST/relative, refusing anything that would land outside DEST."""
+        path = (self.dest / relative).resolve()
+        if path != self.dest.resolve() and self.dest.resolve() not in path.parents:
+            raise StorageError(f"refusing a path outside DEST: {relative[:80]!r}")
+        return path
+
+    def asset_path(self, folder: str, asset: Asset) -> Path:
+        if safe_component(asset.filename) != asset.filename:
+            raise StorageError(f"unsafe asset file name {asset.filename!r}")
+        return self.resolve(f"{folder}/{asset.filename}")
+
+    def prepare(self) -> None:
+        """Create DEST and its state folder, or explain why not."""
+        try:
+            self.runs_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create {self.state_dir}: {exc.strerror}") from None
+
+    def make_folder(self, folder: str) -> Path:
+        """Create an item's folder, dropping sidecar temp files a crash left in it."""
+        path = self.resolve(folder)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            for stray in path.glob(".*.tmp"):
+                stray.unlink(missing_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create {folder}: {exc.strerror}") from None
+        return path
+
+    def write_metadata(self, folder: str, raw: Mapping[str, Any], archive: dict[str, Any]) -> None:
+        """metadata.json: the API item verbatim plus one `archive` key, written atomically."""
+        document = {**raw, "archive": archive}
+        data = json.dumps(document, ensure_ascii=False, indent=2).encode("utf-8") + b"\n"
+        write_atomic(self.resolve(f"{folder}/{METADATA_NAME}"), data)
+
+    def read_metadata(self, folder: str) -> dict[str, Any] | None:
+        try:
+            with self.resolve(f"{folder}/{METADATA_NAME}").open("rb") as handle:
+                value = json.load(handle)
+        except (OSError, ValueError):
+            return None
+        return value if isinstance(value, dict) else None
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temp name in the same folder, fsync, rename over, fsync the folder."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        fsync_dir(path.parent)
+    except OSError as exc:
+        raise StorageError(f"cannot write {path.name}: {exc.strerror or exc}") from None
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,151 @@
+"""What a person (or cron) sees: progress bars or log lines, the summary, status.
+
+Bars only when stderr is a terminal; otherwise one plain log line per item, so a
+cron mail or a log file reads cleanly.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+from archiver.manifest import Manifest
+from archiver.pipeline import ItemOutcome, RunSummary
+
+log = logging.getLogger("archiver")
+
+
+def human_bytes(size: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if size < 1000 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    raise AssertionError("unreachable")
+
+
+class _TqdmHandler(logging.StreamHandler[TextIO]):
+    """Log lines printed above the bars instead of through them."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # noqa: BLE001 - logging must never raise
+            self.handleError(record)
+
+
+def configure_logging(*, quiet: bool, debug: bool, log_file: Path | None, bars: bool) -> None:
+    """stderr gets warnings (quiet), info or debug; --log-file gets timestamped lines."""
+    root = logging.getLogger("archiver")
+    root.handlers.clear()
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+    root.propagate = False
+    console: logging.Handler = _TqdmHandler() if bars else logging.StreamHandler(sys.stderr)
+    console.setLevel(logging.ERROR if quiet else logging.DEBUG if debug else logging.INFO)
+    console.setFormatter(logging.Formatter("%(message)s"))
+    root.addHandler(console)
+    if log_file is not None:
+        try:
+            handler = logging.FileHandler(log_file, encoding="utf-8")
+        except OSError as exc:
+            from archiver.errors import ConfigError
+
+            raise ConfigError(f"--log-file {log_file}: {exc.strerror}") from None
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        root.addHandler(handler)
+
+
+class ConsoleProgress:
+    """Progress for a run: tqdm bars on a terminal, log lines otherwise."""
+
+    def __init__(self, *, bars: bool, quiet: bool) -> None:
+        self._bars = bars and not quiet
+        self._items: Any = None
+        self._bytes: Any = None
+        if self._bars:
+            from tqdm import tqdm
+
+            self._items = tqdm(desc="videos", unit="video", total=0, position=0, leave=False)
+            self._bytes = tqdm(
+                desc="bytes", unit="B", unit_scale=True, unit_divisor=1024, position=1, leave=False
+            )
+
+    def listed(self, count: int) -> None:
+        log.debug("listed %d items", count)
+
+    def queued(self, items: int, files: int) -> None:
+        if self._items is not None:
+            self._items.total += items
+            self._items.refresh()
+
+    def file_done(self, size: int) -> None:
+        if self._bytes is not None:
+            self._bytes.update(size)
+
+    def item_done(self, outcome: ItemOutcome) -> None:
+        if self._items is not None:
+            self._items.update(1)
+        if outcome.ok and outcome.files:
+            log.info(
+                "archived %s (%d files, %s)",
+                outcome.folder,
+                outcome.files,
+                human_bytes(outcome.fetched_bytes),
+            )
+
+    def close(self) -> None:
+        for bar in (self._items, self._bytes):
+            if bar is not None:
+                bar.close()
+
+
+def summary_lines(summary: RunSummary) -> list[str]:
+    """One summary line, then each failure with its reason."""
+    state = "interrupted" if summary.interrupted else "done"
+    lines = [
+        f"sync {state}: {summary.new_items} new videos, {summary.files} files, "
+        f"{human_bytes(summary.fetched_bytes)} in {summary.elapsed:.1f}s; "
+        f"{len(summary.failures)} failed; {summary.total_complete} videos in archive"
+    ]
+    if summary.listing_error:
+        lines.append(f"  listing incomplete: {summary.listing_error}")
+    for failure in summary.failures:
+        asset = f" [{failure.asset}]" if failure.asset else ""
+        lines.append(f"  FAILED {failure.item_id}{asset}: {failure.reason}")
+    if summary.failures:
+        lines.append("  failed items are retried by the next run")
+    return lines
+
+
+def status_lines(manifest: Manifest, dest: Path) -> list[str]:
+    """What the archive holds, from the manifest alone."""
+    counts = manifest.counts()
+    files, size = manifest.archived_bytes()
+    lines = [
+        f"archive: {dest}",
+        f"videos: {counts['complete']} complete, {counts['pending']} pending, "
+        f"{counts['failed']} failed, {counts['invalid']} invalid, "
+        f"{counts['deleted_upstream']} deleted upstream (kept)",
+        f"files: {files} ({human_bytes(size)})",
+    ]
+    for record in manifest.items("failed"):
+        lines.append(f"  failed {record.id}: {record.error}")
+    for record in manifest.items("invalid"):
+        lines.append(f"  invalid {record.id}: {record.error}")
+    runs = manifest.last_runs(5)
+    if not runs:
+        lines.append("last run: never")
+    for run in runs:
+        report = run["report"] or {}
+        result = {0: "ok", 1: "partial", 130: "interrupted"}.get(run["exit_code"], "error")
+        if run["ended"] is None:
+            result = "running or killed"
+        lines.append(
+            f"run {run['id']} {run['command']}: {run['started']} → {run['ended'] or '?'}, "
+            f"{report.get('elapsed', '?')}s, {result} (exit {run['exit_code']}), "
+            f"{report.get('new_items', 0)} new, {len(report.get('failures', []))} failed"
+        )
+    return lines
