@@ -114,10 +114,11 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None:
         suffix = int(match[2])
         return (max(size - suffix, 0), size - 1) if suffix and size else _UNSATISFIABLE
     first = int(match[1])
-    last = int(match[2]) if match[2] else size - 1
-    if last < first:
+    if match[2] and int(match[2]) < first:
         return None
-    return (first, min(last, size - 1)) if first < size else _UNSATISFIABLE
+    if first >= size:
+        return _UNSATISFIABLE
+    return first, min(int(match[2]) if match[2] else size - 1, size - 1)
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -187,7 +188,7 @@ class FakePictory:
         cdn.router.add_get("/{path:.*}", self._serve_asset)
         origins = []
         for app, port in ((api, api_port), (cdn, cdn_port)):
-            runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+            runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.25)
             await runner.setup()
             self._runners.append(runner)
             sock = _listen(host, port)
@@ -197,8 +198,8 @@ class FakePictory:
         self._api_origin, self._cdn_origin = origins
 
     async def stop(self) -> None:
-        for runner in reversed(self._runners):
-            await runner.cleanup()
+        """Close both origins; requests still stalled by faults are dropped after a moment."""
+        await asyncio.gather(*(runner.cleanup() for runner in self._runners))
         self._runners.clear()
 
     async def __aenter__(self) -> FakePictory:
