@@ -1,7 +1,8 @@
-"""The fake Pictory API and CDN: two aiohttp apps on two loopback ports, with fault knobs.
+"""The fake Pictory: an API origin and a CDN origin on two loopback ports, with fault knobs.
 
-Two origins, so tests can prove the key reaches the API origin only. Every request is logged
-with its headers; faults are deterministic and each one-shot fault is used by one request.
+Two origins, so tests can prove the key reaches the API origin only. This module owns the
+listing (auth, cursors, page faults), the request log and the knobs; `cdn.py` owns how one
+object is served. Faults are deterministic; each one-shot fault is used by one request.
 """
 
 from __future__ import annotations
@@ -14,9 +15,7 @@ import functools
 import hashlib
 import hmac
 import json
-import re
 import socket
-import struct
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,43 +25,22 @@ from typing import Any, Literal
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from archiver.fake.library import CDN_PLACEHOLDER, DEMO_API_KEY, FakeAsset, FakeLibrary
+from archiver.fake.cdn import (
+    ACCESS_DENIED,
+    HTML_ERROR,
+    CdnFault,
+    reset_connection,
+    send_asset,
+)
+from archiver.fake.library import CDN_PLACEHOLDER, DEMO_API_KEY, FakeLibrary
 
 LIST_PATH = "/pictoryapis/v1/aistudio/videos"
-CHUNK = 256 * 1024
 # Appended to every cursor: base64 of these bytes (after 3-byte alignment) is "+++//w==",
 # so every nextPageKey needs URL-encoding, as the real DynamoDB-style keys may.
 _CURSOR_TAIL = b"\xfb\xef\xbf\xff"
-_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
-_UNSATISFIABLE = (-1, -1)
-_ACCESS_DENIED = (
-    '<?xml version="1.0" encoding="UTF-8"?>\n'
-    "<Error><Code>AccessDenied</Code><Message>Access denied</Message></Error>"
-)
-_HTML_ERROR = (
-    "<!DOCTYPE html><html><head><title>503 Service Unavailable</title></head>"
-    "<body><h1>Something went wrong</h1><p>Please try again later.</p></body></html>"
-)
 _dumps = functools.partial(json.dumps, ensure_ascii=False)
 
 PageFault = Literal["non_json", "no_items", "loop_cursor", "redirect"]
-
-
-@dataclass(frozen=True)
-class CdnFault:
-    """One injected CDN misbehaviour, used up by one request to its path.
-
-    kind: "status" (answer `status`, with `retry_after` if given), "reset" (drop the
-    connection before any response), "truncate" (full headers, then close after `after`
-    body bytes), "html" (200 text/html error page), "slow" (stall `delay` seconds after
-    `after` body bytes, then finish normally).
-    """
-
-    kind: Literal["status", "reset", "truncate", "html", "slow"]
-    status: int = 503
-    retry_after: str | None = None
-    after: int = 0
-    delay: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -105,39 +83,12 @@ def decode_cursor(key: str) -> dict[str, Any] | None:
     return state
 
 
-def parse_range(header: str, size: int) -> tuple[int, int] | None:
-    """(first, last) for a single `bytes=` range; None to ignore it; _UNSATISFIABLE for 416."""
-    match = _RANGE.fullmatch(header.strip())
-    if match is None or match[1] == match[2] == "":
-        return None
-    if match[1] == "":
-        suffix = int(match[2])
-        return (max(size - suffix, 0), size - 1) if suffix and size else _UNSATISFIABLE
-    first = int(match[1])
-    if match[2] and int(match[2]) < first:
-        return None
-    if first >= size:
-        return _UNSATISFIABLE
-    return first, min(int(match[2]) if match[2] else size - 1, size - 1)
-
-
 def _listen(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     return sock
-
-
-def _reset(request: web.BaseRequest) -> web.Response:
-    """Abort the connection with a TCP RST; aiohttp then has nowhere to send a response."""
-    transport = request.transport
-    if transport is not None:
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        transport.abort()
-    return web.Response(status=500)
 
 
 class FakePictory:
@@ -305,7 +256,7 @@ class FakePictory:
                 self.api_resets -= 1
             status = self.api_failures.pop(0) if self.api_failures and not reset else None
         if reset:
-            return _reset(request)
+            return reset_connection(request)
         if status is not None:
             headers = {}
             if self.retry_after is not None and status in (429, 503):
@@ -323,7 +274,7 @@ class FakePictory:
         if fault == "redirect":
             raise web.HTTPFound(self.cdn_url + request.path_qs)
         if fault == "non_json":
-            return web.Response(text=_HTML_ERROR, content_type="text/html")
+            return web.Response(text=HTML_ERROR, content_type="text/html")
         if fault == "no_items":
             return web.json_response({"message": "OK", "count": 0})
         items = self.library.items
@@ -370,71 +321,26 @@ class FakePictory:
             fault = queue.pop(0) if queue else None
             generation = self._generation
         if fault is not None and fault.kind == "reset":
-            return _reset(request)
+            return reset_connection(request)
         if fault is not None and fault.kind == "status":
             headers = {"Retry-After": fault.retry_after} if fault.retry_after else {}
             return web.Response(
-                status=fault.status, text=_ACCESS_DENIED, content_type="text/xml", headers=headers
+                status=fault.status, text=ACCESS_DENIED, content_type="text/xml", headers=headers
             )
         if fault is not None and fault.kind == "html":
-            return web.Response(text=_HTML_ERROR, content_type="text/html")
+            return web.Response(text=HTML_ERROR, content_type="text/html")
         if self.signed_urls and not self._signature_ok(request, path, generation):
-            return web.Response(status=403, text=_ACCESS_DENIED, content_type="text/xml")
+            return web.Response(status=403, text=ACCESS_DENIED, content_type="text/xml")
         asset = self.library.asset(path)
         if asset is None:
             return web.Response(status=404, text="Not Found")
-        return await self._send(request, asset, fault)
+        return await send_asset(request, asset, fault)
 
     def _signature_ok(self, request: web.Request, path: str, generation: int) -> bool:
         expected = self._sign(path, generation)
         return request.query.get("Expires") == str(generation) and hmac.compare_digest(
             request.query.get("Signature", ""), expected
         )
-
-    async def _send(
-        self, request: web.Request, asset: FakeAsset, fault: CdnFault | None
-    ) -> web.StreamResponse:
-        size = len(asset.data)
-        headers = {
-            "Content-Type": asset.content_type,
-            "ETag": asset.etag,
-            "Last-Modified": asset.last_modified,
-            "Accept-Ranges": "bytes",
-        }
-        first, last, status = 0, size - 1, 200
-        wanted = request.headers.get("Range")
-        if_range = request.headers.get("If-Range")
-        if wanted is not None and if_range in (None, asset.etag, asset.last_modified):
-            span = parse_range(wanted, size)
-            if span == _UNSATISFIABLE:
-                headers["Content-Range"] = f"bytes */{size}"
-                return web.Response(status=416, headers=headers)
-            if span is not None:
-                first, last, status = span[0], span[1], 206
-                headers["Content-Range"] = f"bytes {first}-{last}/{size}"
-        response = web.StreamResponse(status=status, headers=headers)
-        response.content_length = last - first + 1
-        await response.prepare(request)
-        if request.method == "HEAD":
-            return response
-        body = memoryview(asset.data)[first : last + 1]
-        if fault is not None and fault.kind == "truncate":
-            await _stream(response, body[: fault.after])
-            if request.transport is not None:
-                request.transport.close()  # a graceful close: the bytes written do arrive
-            return response
-        if fault is not None and fault.kind == "slow":
-            await _stream(response, body[: fault.after])
-            await asyncio.sleep(fault.delay)
-            body = body[fault.after :]
-        await _stream(response, body)
-        await response.write_eof()
-        return response
-
-
-async def _stream(response: web.StreamResponse, body: memoryview) -> None:
-    for offset in range(0, len(body), CHUNK):
-        await response.write(body[offset : offset + CHUNK])
 
 
 @contextlib.contextmanager
