@@ -11,10 +11,11 @@ import errno
 import hashlib
 import os
 import re
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -26,7 +27,10 @@ from archiver.errors import (
     TransientAssetError,
 )
 from archiver.models import strip_query
-from archiver.retry import HostThrottle, RetryPolicy, parse_retry_after
+from archiver.retry import HostThrottle, RetryBudget, RetryPolicy, parse_retry_after
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 CHUNK_SIZE = 1 << 20
 PART_SUFFIX = ".part"
@@ -43,14 +47,16 @@ _HTML_START = re.compile(rb"^\s*(<!doctype|<html|<\?xml|<head|<body|<error)", re
 
 @dataclass(frozen=True)
 class AssetRequest:
-    """What to fetch and where; `validator` is the ETag/Last-Modified an existing .part
-    was started under, `expected_size` what the manifest says the file must be."""
+    """What to fetch and where. `validator` is the ETag/Last-Modified an existing .part
+    was started under; `known_size` is the size the archive recorded for the version
+    named `known_validator`, which the same version must have again."""
 
     url: str
     path: Path
     media: str | None
-    expected_size: int | None = None
     validator: str | None = None
+    known_size: int | None = None
+    known_validator: str | None = None
 
 
 @dataclass(frozen=True)
@@ -92,6 +98,7 @@ class PartFile:
         self._handle: BinaryIO = path.open("r+b" if offset else "wb")
         self._handle.seek(offset)
         self._handle.truncate()
+        self._lock = threading.Lock()
 
     def _account(self, block: bytes) -> None:
         if len(self.head) < 16:
@@ -100,18 +107,22 @@ class PartFile:
         self.size += len(block)
 
     def write(self, block: bytes) -> None:
-        self._handle.write(block)
-        self._account(block)
+        with self._lock:
+            self._handle.write(block)
+            self._account(block)
 
     def close(self) -> None:
-        self._handle.close()
+        """Close, waiting for a write still running in another thread (on cancel)."""
+        with self._lock:
+            self._handle.close()
 
     def finish(self, final: Path, durable: bool) -> None:
         """Flush, fsync when asked, and move into place atomically."""
-        self._handle.flush()
-        if durable:
-            os.fsync(self._handle.fileno())
-        self._handle.close()
+        with self._lock:
+            self._handle.flush()
+            if durable:
+                os.fsync(self._handle.fileno())
+            self._handle.close()
         os.replace(self.path, final)
         if durable:
             fd = os.open(final.parent, os.O_RDONLY | os.O_DIRECTORY)
@@ -129,11 +140,13 @@ class AssetDownloader:
         *,
         timeout: float = 60.0,
         retry: RetryPolicy | None = None,
+        budget: RetryBudget | None = None,
         connections: int = 16,
         durable: bool = True,
     ) -> None:
         self._timeout = aiohttp.ClientTimeout(total=None, connect=timeout, sock_read=timeout)
         self._retry = retry or RetryPolicy()
+        self._budget = budget or RetryBudget()
         self._connections = connections
         self._durable = durable
         self._throttle = HostThrottle()
@@ -169,7 +182,7 @@ class AssetDownloader:
             try:
                 return await self._attempt(request, started.append)
             except TransientAssetError as exc:
-                if attempt >= self._retry.attempts:
+                if attempt >= self._retry.attempts or not self._budget.take():
                     raise
                 if exc.retry_after is not None:
                     self._throttle.pause(host, self._retry.delay(attempt, exc.retry_after))
@@ -230,7 +243,6 @@ class AssetDownloader:
         where: str,
     ) -> FetchedFile:
         writer = await self._disk(request.path, PartFile, part, offset)
-        assert isinstance(writer, PartFile)
         fetched = 0
         try:
             buffer: list[bytes] = []
@@ -269,15 +281,15 @@ class AssetDownloader:
         where: str,
         validator: str | None = None,
     ) -> FetchedFile:
+        validator = validator or request.validator
         if writer is None:
-            opened = await self._disk(request.path, PartFile, part, size)
-            assert isinstance(opened, PartFile)
-            writer = opened
-        if request.expected_size is not None and size != request.expected_size:
+            writer = await self._disk(request.path, PartFile, part, size)
+        same_version = validator is not None and validator == request.known_validator
+        if same_version and request.known_size is not None and size != request.known_size:
             await asyncio.to_thread(writer.close)
             part.unlink(missing_ok=True)
             raise PermanentAssetError(
-                f"{where} is {size} bytes but the archive recorded {request.expected_size}"
+                f"{where} is {size} bytes but the same version was {request.known_size} before"
             )
         problem = media_problem(writer.head, request.media)
         if problem:
@@ -289,14 +301,15 @@ class AssetDownloader:
             path=request.path,
             size=size,
             sha256=writer.hasher.hexdigest(),
-            validator=validator or request.validator,
+            validator=validator,
             fetched_bytes=fetched,
         )
 
     @staticmethod
-    async def _disk(path: Path, func: Callable[..., object], *args: object) -> object:
+    async def _disk(path: Path, func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Blocking file work in a thread; OSError becomes a run-fatal StorageError."""
         try:
-            return await asyncio.to_thread(func, *args)
+            return await asyncio.to_thread(func, *args, **kwargs)
         except OSError as exc:
             raise storage_error(exc, path) from None
 

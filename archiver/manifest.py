@@ -60,6 +60,7 @@ CREATE TABLE IF NOT EXISTS runs (
 """
 
 PENDING, COMPLETE, FAILED, INVALID = "pending", "complete", "failed", "invalid"
+PARTIAL, FETCHED, DAMAGED = "partial", "fetched", "damaged"
 
 
 def utc_now() -> str:
@@ -259,8 +260,8 @@ class Manifest:
         etag: str | None = None,
         error: str | None = None,
     ) -> None:
-        """Record one asset's state; attempts count every try that did not complete."""
-        failed = 0 if state == COMPLETE else 1
+        """Record one asset's state; `attempts` counts the runs in which it failed."""
+        failed = 1 if state == FAILED else 0
         self._execute(
             """INSERT INTO assets (kind, item_id, role, url, path, size, sha256, etag, state,
                                    attempts, last_error)
@@ -286,6 +287,14 @@ class Manifest:
             (reason, kind, item_id),
         )
         self._changed()
+
+    def mark_damaged(self, kind: str, item_id: str, role: str, reason: str) -> None:
+        """A file of a complete item is missing or altered: fetch it (and the item) again."""
+        self._execute(
+            "UPDATE assets SET state='damaged', last_error=? WHERE kind=? AND item_id=? AND role=?",
+            (reason, kind, item_id, role),
+        )
+        self.mark_pending(kind, item_id, f"{role}: {reason}")
 
     def mark_pending(self, kind: str, item_id: str, reason: str) -> None:
         """Send a complete item back to be fetched again (verify --repair, --full)."""

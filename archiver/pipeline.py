@@ -14,17 +14,24 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from archiver import __version__
 from archiver.api import PictoryClient
 from archiver.download import AssetDownloader, AssetRequest, FetchedFile, part_path
-from archiver.errors import ApiError, ArchiverError, AssetError, InvalidItemError
-from archiver.layout import ArchiveLayout
-from archiver.manifest import COMPLETE, Frontier, Manifest
+from archiver.errors import (
+    ApiError,
+    ArchiverError,
+    AssetError,
+    ExpiredUrlError,
+    InvalidItemError,
+)
+from archiver.layout import ArchiveLayout, write_atomic
+from archiver.manifest import COMPLETE, FAILED, FETCHED, PARTIAL, Frontier, Manifest
 from archiver.models import (
     VIDEO,
     Asset,
@@ -35,84 +42,13 @@ from archiver.models import (
     parse_item,
     strip_query,
 )
-from archiver.retry import RetryPolicy
+from archiver.outcomes import Failure, ItemOutcome, ProgressSink, RunSummary
+from archiver.retry import RetryBudget, RetryPolicy
 
 log = logging.getLogger("archiver")
 
-
-@dataclass(frozen=True)
-class AssetJob:
-    """One file to fetch into an item's folder."""
-
-    item: Item
-    folder: str
-    asset: Asset
-    tracker: ItemTracker
-
-
-@dataclass(frozen=True)
-class Failure:
-    """An item that is not archived, and why; retried by the next run."""
-
-    item_id: str
-    reason: str
-    asset: str | None = None
-
-
-@dataclass(frozen=True)
-class ItemOutcome:
-    """One item finished, one way or the other."""
-
-    item_id: str
-    folder: str
-    ok: bool
-    files: int
-    fetched_bytes: int
-    failure: Failure | None = None
-
-
-@dataclass
-class ItemTracker:
-    """Assets of one item still in flight; the last to land writes metadata.json."""
-
-    item: Item
-    folder: str
-    remaining: int
-    files: dict[str, dict[str, Any]] = field(default_factory=dict)
-    errors: list[tuple[str, str]] = field(default_factory=list)
-    fetched_files: int = 0
-    fetched_bytes: int = 0
-
-
-@dataclass(frozen=True)
-class RunSummary:
-    """What a run did; the exit code is derived from it."""
-
-    listed: int
-    new_items: int
-    files: int
-    fetched_bytes: int
-    elapsed: float
-    failures: tuple[Failure, ...]
-    total_complete: int
-    list_requests: int
-    interrupted: bool = False
-    listing_error: str | None = None
-
-    @property
-    def exit_code(self) -> int:
-        if self.interrupted:
-            return 130
-        return 1 if self.failures or self.listing_error else 0
-
-
-class ProgressSink(Protocol):
-    """Where the pipeline reports progress (report.py draws bars or log lines)."""
-
-    def listed(self, count: int) -> None: ...
-    def queued(self, items: int, files: int) -> None: ...
-    def file_done(self, size: int) -> None: ...
-    def item_done(self, outcome: ItemOutcome) -> None: ...
+MAX_REFRESHES_PER_ASSET = 2
+MAX_REFRESH_WALKS = 20
 
 
 @dataclass(frozen=True)
@@ -129,6 +65,34 @@ class SyncOptions:
     retries: int = 5
     full: bool = False
     kind: ItemKind = VIDEO
+    only_ids: frozenset[str] | None = None
+    report_file: Path | None = None
+    retry_policy: RetryPolicy | None = None
+
+
+@dataclass
+class ItemTracker:
+    """An item with assets in flight; the last asset to land writes metadata.json.
+
+    `item` is replaced when a re-listing brings fresh (re-signed) URLs.
+    """
+
+    item: Item
+    folder: str
+    remaining: int
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    errors: list[tuple[str, str]] = field(default_factory=list)
+    fetched_files: int = 0
+    fetched_bytes: int = 0
+    url_generation: int = 0
+
+
+@dataclass(frozen=True)
+class AssetJob:
+    """One file to fetch into an item's folder."""
+
+    role: str
+    tracker: ItemTracker
 
 
 class Sync:
@@ -141,21 +105,22 @@ class Sync:
         self.manifest = manifest
         self.progress = progress
         self.queue: asyncio.Queue[AssetJob | None] = asyncio.Queue(maxsize=options.queue_size)
+        self.live: dict[str, ItemTracker] = {}
         self.failures: list[Failure] = []
         self.seen: set[str] = set()
-        self.listed = 0
-        self.new_items = 0
-        self.files = 0
-        self.fetched_bytes = 0
+        self.listed = self.new_items = self.files = self.fetched_bytes = 0
         self.listing_error: str | None = None
         self.run_id = 0
         self.client: PictoryClient | None = None
         self.downloader: AssetDownloader | None = None
+        self._refresh_lock = asyncio.Lock()
+        self._refresh_walks = 0
 
     async def run(self) -> RunSummary:
         """Run to the end, or until interrupted; a run-fatal error is recorded, then raised."""
-        started = time.monotonic()
-        self.run_id = self.manifest.start_run("sync --full" if self.options.full else "sync")
+        started, clock = _now(), time.monotonic()
+        command = "repair" if self.options.only_ids is not None else "sync"
+        self.run_id = self.manifest.start_run(command + (" --full" if self.options.full else ""))
         interrupted = False
         fatal: ArchiverError | None = None
         try:
@@ -168,37 +133,54 @@ class Sync:
             fatal = _first_error(group)
             if fatal is None:
                 raise
+        self.manifest.commit()
         summary = RunSummary(
+            started=started,
+            ended=_now(),
             listed=self.listed,
             new_items=self.new_items,
             files=self.files,
             fetched_bytes=self.fetched_bytes,
-            elapsed=time.monotonic() - started,
+            elapsed=time.monotonic() - clock,
             failures=tuple(self.failures),
             total_complete=self.manifest.counts()[COMPLETE],
             list_requests=self.client.requests_made if self.client else 0,
             interrupted=interrupted,
             listing_error=self.listing_error,
+            fatal_error=fatal.message if fatal else None,
+            fatal_exit_code=int(fatal.exit_code) if fatal else None,
         )
-        report = summary_report(summary)
-        if fatal is not None:
-            report["error"] = fatal.message
-        self.manifest.finish_run(
-            self.run_id, fatal.exit_code if fatal else summary.exit_code, report
-        )
+        self._save_report(summary)
         if fatal is not None:
             raise fatal
         return summary
 
+    def _save_report(self, summary: RunSummary) -> None:
+        """The run report: in the manifest, in runs/<start>.json and in --report FILE."""
+        report = summary.as_report()
+        self.manifest.finish_run(self.run_id, summary.exit_code, report)
+        data = json.dumps(report, indent=2).encode() + b"\n"
+        stamp = summary.started.replace("-", "").replace(":", "")
+        targets = [self.layout.runs_dir / f"{stamp}-{self.run_id}.json"]
+        targets += [self.options.report_file] if self.options.report_file else []
+        for target in targets:
+            try:
+                write_atomic(target, data)
+            except ArchiverError as exc:
+                log.error("cannot write the run report: %s", exc.message)
+
     async def _run_stages(self) -> None:
-        retry = RetryPolicy(attempts=self.options.retries)
         options = self.options
+        retry = options.retry_policy or RetryPolicy(attempts=options.retries)
         async with (
             PictoryClient(
                 options.api_url, options.api_key, timeout=options.timeout, retry=retry
             ) as client,
             AssetDownloader(
-                timeout=options.timeout, retry=retry, connections=options.concurrency
+                timeout=options.timeout,
+                retry=retry,
+                budget=RetryBudget(max(100, 20 * options.concurrency)),
+                connections=options.concurrency,
             ) as downloader,
         ):
             self.client, self.downloader = client, downloader
@@ -208,13 +190,16 @@ class Sync:
                     group.create_task(self._work())
 
     async def _list_and_close(self) -> None:
-        await self._walk_listing()
+        if self.options.only_ids is not None:
+            await self._walk_for(self.options.only_ids)
+        else:
+            await self._walk_listing()
         await self._queue_unfinished()
         for _ in range(self.options.concurrency):
             await self.queue.put(None)
 
     async def _walk_listing(self) -> None:
-        """Page from the newest item down to the frontier (or the end with --full)."""
+        """Page from the newest item down to the frontier (or to the end with --full)."""
         assert self.client is not None
         frontier = self.manifest.frontier(self.kind.name)
         top: Item | None = None
@@ -241,9 +226,39 @@ class Sync:
         if connected and top is not None:
             self.manifest.set_frontier(self.kind.name, Frontier(top.id, top.created_iso))
         if connected and self.options.full:
-            for item_id in self.manifest.mark_deleted_upstream(self.kind.name, self.run_id):
-                log.info("no longer listed upstream (kept locally): %s", item_id)
+            await self._flag_deleted_upstream()
         self.manifest.commit()
+
+    async def _walk_for(self, wanted: Collection[str]) -> None:
+        """Repair: list until every wanted item is found, to fetch it with fresh URLs."""
+        assert self.client is not None
+        missing = set(wanted)
+        try:
+            async for page in self.client.list_pages(self.kind):
+                for item in self._parse_page(page.items):
+                    if item.id in missing:
+                        missing.discard(item.id)
+                        await self._consider(item, None)
+                if not missing:
+                    break
+        except ApiError as exc:
+            self.listing_error = exc.message
+            log.error("listing stopped: %s", exc.message)
+
+    async def _flag_deleted_upstream(self) -> None:
+        """Items a complete walk did not see: flagged in manifest and metadata, kept on disk."""
+        for item_id in self.manifest.mark_deleted_upstream(self.kind.name, self.run_id):
+            record = self.manifest.item(self.kind.name, item_id)
+            if record is None or not record.folder:
+                continue
+            log.info("no longer listed upstream (kept locally): %s", record.folder)
+            metadata = await asyncio.to_thread(self.layout.read_metadata, record.folder)
+            if metadata is not None and isinstance(metadata.get("archive"), dict):
+                metadata["archive"]["deleted_upstream"] = _now()
+                archive = metadata.pop("archive")
+                await asyncio.to_thread(
+                    self.layout.write_metadata, record.folder, metadata, archive
+                )
 
     def _parse_page(self, raw_items: tuple[Any, ...]) -> list[Item]:
         items = []
@@ -285,7 +300,8 @@ class Sync:
     async def _queue_unfinished(self) -> None:
         """Items left pending or failed by earlier runs and not listed this time."""
         for record in self.manifest.unfinished(self.kind.name, self.run_id):
-            if record.id in self.seen:
+            wanted = self.options.only_ids
+            if record.id in self.seen or (wanted is not None and record.id not in wanted):
                 continue
             try:
                 item = parse_item(json.loads(record.item_json), self.kind)
@@ -295,12 +311,13 @@ class Sync:
             await self._queue_item(item, record.folder, recheck=False)
 
     async def _queue_item(self, item: Item, folder: str, *, recheck: bool) -> None:
+        """Queue the assets not yet safely on disk; finish at once if there are none."""
         todo: list[Asset] = []
         done: dict[str, dict[str, Any]] = {}
         for asset in item.assets:
             record = self.manifest.asset(self.kind.name, item.id, asset.role)
             path = self.layout.asset_path(folder, asset)
-            if record and record.state == COMPLETE and _has_size(path, record.size):
+            if record and record.state in (COMPLETE, FETCHED) and _has_size(path, record.size):
                 done[asset.role] = _file_entry(asset, record.size or 0, record.sha256 or "")
             else:
                 todo.append(asset)
@@ -315,8 +332,9 @@ class Sync:
         if not todo:
             await self._finish_item(tracker)
             return
+        self.live[item.id] = tracker
         for asset in todo:
-            await self.queue.put(AssetJob(item, folder, asset, tracker))
+            await self.queue.put(AssetJob(asset.role, tracker))
 
     async def _work(self) -> None:
         while (job := await self.queue.get()) is not None:
@@ -327,53 +345,105 @@ class Sync:
         self.queue.task_done()
 
     async def _fetch(self, job: AssetJob) -> None:
+        """Fetch one asset, getting fresh URLs by re-listing when the old ones expired."""
+        tracker = job.tracker
+        for refreshes in range(MAX_REFRESHES_PER_ASSET + 1):
+            asset = next((a for a in tracker.item.assets if a.role == job.role), None)
+            if asset is None:
+                tracker.errors.append((job.role, "no longer listed for this item"))
+                break
+            generation = tracker.url_generation
+            try:
+                fetched = await self._fetch_asset(tracker, asset)
+            except ExpiredUrlError as exc:
+                if refreshes < MAX_REFRESHES_PER_ASSET and await self._refresh(tracker, generation):
+                    log.info("fresh URLs for %s after: %s", tracker.folder, exc.message)
+                    continue
+                self._asset_failed(tracker, asset, exc.message)
+            except AssetError as exc:
+                self._asset_failed(tracker, asset, exc.message)
+            else:
+                self._asset_landed(tracker, asset, fetched)
+            break
+        tracker.remaining -= 1
+        if tracker.remaining == 0:
+            self.live.pop(tracker.item.id, None)
+            await self._finish_item(tracker)
+        self.manifest.maybe_commit()
+
+    async def _fetch_asset(self, tracker: ItemTracker, asset: Asset) -> FetchedFile:
         assert self.downloader is not None
-        kind, item_id, role = self.kind.name, job.item.id, job.asset.role
-        path = self.layout.asset_path(job.folder, job.asset)
-        relative = f"{job.folder}/{job.asset.filename}"
-        record = self.manifest.asset(kind, item_id, role)
+        kind, item_id = self.kind.name, tracker.item.id
+        path = self.layout.asset_path(tracker.folder, asset)
+        record = self.manifest.asset(kind, item_id, asset.role)
         request = AssetRequest(
-            url=job.asset.url,
+            url=asset.url,
             path=path,
-            media=job.asset.media,
+            media=asset.media,
             validator=record.etag if record and part_path(path).exists() else None,
+            known_size=record.size if record else None,
+            known_validator=record.etag if record else None,
         )
 
         def remember(validator: str | None) -> None:
             self.manifest.mark_asset(
                 kind,
                 item_id,
-                role,
-                url=strip_query(job.asset.url),
-                path=relative,
-                state="partial",
+                asset.role,
+                url=strip_query(asset.url),
+                path=f"{tracker.folder}/{asset.filename}",
+                state=PARTIAL,
                 etag=validator,
             )
 
-        tracker = job.tracker
-        try:
-            fetched = await self.downloader.fetch(request, remember)
-        except AssetError as exc:
-            self.manifest.mark_asset(
-                kind,
-                item_id,
-                role,
-                url=strip_query(job.asset.url),
-                path=relative,
-                state="failed",
-                error=exc.message,
-            )
-            tracker.errors.append((role, exc.message))
-        else:
-            self._asset_landed(job, fetched, relative)
-        tracker.remaining -= 1
-        if tracker.remaining == 0:
-            await self._finish_item(tracker)
-        self.manifest.maybe_commit()
+        return await self.downloader.fetch(request, remember)
 
-    def _asset_landed(self, job: AssetJob, fetched: FetchedFile, relative: str) -> None:
-        tracker = job.tracker
-        tracker.files[job.asset.role] = _file_entry(job.asset, fetched.size, fetched.sha256)
+    async def _refresh(self, tracker: ItemTracker, generation: int) -> bool:
+        """Re-list down to the item to get fresh URLs for every item in flight; bounded."""
+        assert self.client is not None
+        async with self._refresh_lock:
+            if tracker.url_generation != generation:
+                return True
+            if self._refresh_walks >= MAX_REFRESH_WALKS:
+                return False
+            self._refresh_walks += 1
+            try:
+                async for page in self.client.list_pages(self.kind):
+                    oldest = self._refresh_page(page.items)
+                    if oldest is not None and oldest < tracker.item.created_iso:
+                        break
+            except ApiError as exc:
+                log.error("re-listing for fresh URLs failed: %s", exc.message)
+            return tracker.url_generation != generation
+
+    def _refresh_page(self, raw_items: tuple[Any, ...]) -> str | None:
+        oldest = None
+        for raw in raw_items:
+            try:
+                item = parse_item(raw, self.kind)
+            except InvalidItemError:
+                continue
+            oldest = item.created_iso
+            tracker = self.live.get(item.id)
+            if tracker is not None:
+                tracker.item = item
+                tracker.url_generation += 1
+        return oldest
+
+    def _asset_failed(self, tracker: ItemTracker, asset: Asset, reason: str) -> None:
+        self.manifest.mark_asset(
+            self.kind.name,
+            tracker.item.id,
+            asset.role,
+            url=strip_query(asset.url),
+            path=f"{tracker.folder}/{asset.filename}",
+            state=FAILED,
+            error=reason,
+        )
+        tracker.errors.append((asset.role, reason))
+
+    def _asset_landed(self, tracker: ItemTracker, asset: Asset, fetched: FetchedFile) -> None:
+        tracker.files[asset.role] = _file_entry(asset, fetched.size, fetched.sha256)
         tracker.fetched_files += 1
         tracker.fetched_bytes += fetched.fetched_bytes
         self.files += 1
@@ -381,11 +451,11 @@ class Sync:
         self.progress.file_done(fetched.fetched_bytes)
         self.manifest.mark_asset(
             self.kind.name,
-            job.item.id,
-            job.asset.role,
-            url=strip_query(job.asset.url),
-            path=relative,
-            state="fetched",
+            tracker.item.id,
+            asset.role,
+            url=strip_query(asset.url),
+            path=f"{tracker.folder}/{asset.filename}",
+            state=FETCHED,
             size=fetched.size,
             sha256=fetched.sha256,
             etag=fetched.validator,
@@ -403,7 +473,7 @@ class Sync:
             log.error("failed %s: %s: %s", tracker.folder, role, reason)
         else:
             archive = {
-                "archived_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "archived_at": _now(),
                 "tool": f"pictory-archiver {__version__}",
                 "kind": item.kind.name,
                 "files": {role: tracker.files[role] for role in sorted(tracker.files)},
@@ -436,6 +506,10 @@ class Sync:
         )
 
 
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
 def _at_or_below(item: Item, frontier: Frontier | None, known: dict[str, str]) -> bool:
     """Has the walk reached the part of the listing a previous walk already recorded?"""
     if frontier is None:
@@ -460,21 +534,14 @@ def _file_entry(asset: Asset, size: int, sha256: str) -> dict[str, Any]:
     }
 
 
-def summary_report(summary: RunSummary) -> dict[str, Any]:
-    return {
-        "listed": summary.listed,
-        "new_items": summary.new_items,
-        "files": summary.files,
-        "bytes": summary.fetched_bytes,
-        "elapsed": round(summary.elapsed, 3),
-        "total_complete": summary.total_complete,
-        "list_requests": summary.list_requests,
-        "interrupted": summary.interrupted,
-        "listing_error": summary.listing_error,
-        "failures": [
-            {"id": f.item_id, "asset": f.asset, "reason": f.reason} for f in summary.failures
-        ],
-    }
+def _first_error(group: BaseExceptionGroup[BaseException]) -> ArchiverError | None:
+    """The first ArchiverError in a (possibly nested) exception group from the TaskGroup."""
+    for error in group.exceptions:
+        if isinstance(error, ArchiverError):
+            return error
+        if isinstance(error, BaseExceptionGroup) and (found := _first_error(error)):
+            return found
+    return None
 
 
 async def run_sync(options: SyncOptions, manifest: Manifest, progress: ProgressSink) -> RunSummary:
@@ -489,7 +556,7 @@ async def run_sync(options: SyncOptions, manifest: Manifest, progress: ProgressS
         if signals_seen > 1:
             sys.stderr.write("interrupted again: exiting now\n")
             os._exit(130)
-        log.warning("interrupted: finishing current writes, saving state (again to quit now)")
+        log.warning("interrupted: stopping downloads, saving state (again to quit at once)")
         task.cancel()
 
     installed: list[signal.Signals] = []
@@ -497,20 +564,10 @@ async def run_sync(options: SyncOptions, manifest: Manifest, progress: ProgressS
         try:
             loop.add_signal_handler(sig, on_signal)
             installed.append(sig)
-        except (NotImplementedError, RuntimeError):
+        except (NotImplementedError, RuntimeError, ValueError):
             pass
     try:
         return await task
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
-
-
-def _first_error(group: BaseExceptionGroup[BaseException]) -> ArchiverError | None:
-    """The first ArchiverError in a (possibly nested) exception group from the TaskGroup."""
-    for error in group.exceptions:
-        if isinstance(error, ArchiverError):
-            return error
-        if isinstance(error, BaseExceptionGroup) and (found := _first_error(error)):
-            return found
-    return None

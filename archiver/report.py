@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from archiver.manifest import Manifest
-from archiver.pipeline import ItemOutcome, RunSummary
+from archiver.outcomes import ItemOutcome, RunSummary
 
 log = logging.getLogger("archiver")
 
@@ -146,6 +146,6 @@ def status_lines(manifest: Manifest, dest: Path) -> list[str]:
         lines.append(
             f"run {run['id']} {run['command']}: {run['started']} → {run['ended'] or '?'}, "
             f"{report.get('elapsed', '?')}s, {result} (exit {run['exit_code']}), "
-            f"{report.get('new_items', 0)} new, {len(report.get('failures', []))} failed"
+            f"{report.get('new', 0)} new, {report.get('failed', 0)} failed"
         )
     return lines

@@ -55,3 +55,16 @@ class HostThrottle:
     async def wait(self, host: str) -> None:
         while (delay := self._not_before.get(host, 0.0) - time.monotonic()) > 0:
             await asyncio.sleep(delay)
+
+
+class RetryBudget:
+    """Retries left for the whole run, so a sick CDN fails fast instead of for hours."""
+
+    def __init__(self, retries: int = 500) -> None:
+        self.left = retries
+
+    def take(self) -> bool:
+        if self.left <= 0:
+            return False
+        self.left -= 1
+        return True
