@@ -66,7 +66,7 @@ class Settings:
 
 def _as_int(low: int, high: int) -> Callable[[Any], int]:
     def parse(value: Any) -> int:
-        if isinstance(value, bool):
+        if isinstance(value, bool) or isinstance(value, float) or not str(value).isdigit():
             raise ValueError("expected a whole number")
         number = int(value)
         if not low <= number <= high:
@@ -77,6 +77,8 @@ def _as_int(low: int, high: int) -> Callable[[Any], int]:
 
 
 def _as_float(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError("expected a number of seconds")
     number = float(value)
     if not 0 < number <= 3600:
         raise ValueError("must be a number of seconds between 0 and 3600")
@@ -123,13 +125,14 @@ def _as_template(value: Any) -> str:
         raise ValueError("expected a template string")
     try:
         sample = value.format(**TEMPLATE_FIELDS)
+        marked = value.format(**{**TEMPLATE_FIELDS, "id": "\0"})
     except (KeyError, IndexError, ValueError) as exc:
         fields = ", ".join("{" + name + "}" for name in TEMPLATE_FIELDS)
         raise ValueError(f"unknown or broken field ({exc}); use {fields}") from None
     parts = sample.replace("\\", "/").split("/")
     if sample.startswith("/") or any(part in ("", ".", "..") for part in parts):
         raise ValueError("must be a relative path without empty, '.' or '..' parts")
-    if "{id}" not in value:
+    if "\0" not in marked:
         raise ValueError("must contain {id} so that every item gets its own folder")
     return value
 

@@ -220,7 +220,11 @@ class Manifest:
                VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?)
                ON CONFLICT (kind, id) DO UPDATE SET item_json=excluded.item_json,
                    last_seen=excluded.last_seen, last_seen_run=excluded.last_seen_run,
-                   deleted_upstream=NULL""",
+                   deleted_upstream=NULL,
+                   folder=CASE WHEN state='invalid' THEN excluded.folder ELSE folder END,
+                   created=CASE WHEN state='invalid' THEN excluded.created ELSE created END,
+                   error=CASE WHEN state='invalid' THEN NULL ELSE error END,
+                   state=CASE WHEN state='invalid' THEN 'pending' ELSE state END""",
             (kind, item_id, created, folder, item_json, now, now, run_id),
         )
         self._changed()

@@ -171,7 +171,10 @@ def _parse_created(value: Any) -> datetime:
         raise InvalidItemError(f"createdDate is not an ISO 8601 date: {value[:40]!r}") from None
     if created.tzinfo is None:
         created = created.replace(tzinfo=UTC)
-    return created.astimezone(UTC)
+    try:
+        return created.astimezone(UTC)
+    except OverflowError:
+        raise InvalidItemError(f"createdDate is out of range: {value[:40]!r}") from None
 
 
 def _url_list(spec: AssetField, value: Any) -> list[str]:

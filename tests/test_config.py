@@ -208,20 +208,10 @@ def test_good_templates_are_kept(tmp_path: Path, env: dict[str, str]) -> None:
         assert settings.folder_template == template
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: '{{id}}' passes the '{id}' substring check but formats to a literal '{id}', "
-    "so every item would share one folder",
-)
 def test_escaped_id_placeholder_is_refused(tmp_path: Path, env: dict[str, str]) -> None:
     config_error({"dest": str(tmp_path), "folder_template": "{year}/{{id}}"}, env)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: _as_int/_as_float use int()/float() on any value, so TOML concurrency = 2.7 "
-    "silently becomes 2 and timeout = true becomes 1 second",
-)
 @pytest.mark.parametrize("line", ["concurrency = 2.7", "timeout = true"])
 def test_wrongly_typed_toml_numbers_are_refused(
     tmp_path: Path, env: dict[str, str], line: str

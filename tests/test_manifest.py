@@ -245,11 +245,6 @@ def test_record_invalid_never_downgrades_complete(manifest: Manifest) -> None:
     assert record is not None and (record.state, record.error) == (INVALID, "no url")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: record_listed's upsert keeps the invalid row's empty folder and 'invalid' "
-    "state when an item that was invalid is listed valid later",
-)
 def test_item_fixed_upstream_after_being_invalid_gets_a_real_folder(manifest: Manifest) -> None:
     manifest.record_invalid(V, "a1", '{"id": "a1"}', "url is missing")
     folder = listed(manifest, "a1", 2)

@@ -222,11 +222,6 @@ def test_created_date_is_normalised_to_utc(value: str, expected: datetime) -> No
     assert created.utcoffset() == timedelta(0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: _parse_created lets OverflowError escape from astimezone() for dates at the "
-    "edge of the datetime range, instead of raising InvalidItemError",
-)
 @pytest.mark.parametrize("value", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"])
 def test_out_of_range_created_date_is_an_invalid_item(value: str) -> None:
     raw = minimal_item()
