@@ -19,31 +19,53 @@ from archiver.errors import ArchiverError, ExitCode
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
-def _fail(exc: ArchiverError, debug: bool) -> NoReturn:
+def _secrets() -> list[str]:
+    """Every key this invocation may hold, so no output can show it."""
+    candidates = [os.environ.get("PICTORY_API_KEY", "")]
+    context = click.get_current_context(silent=True)
+    if context is not None:
+        candidates += [str(context.params.get("api_key") or "")]
+        candidates += context.meta.get("pictory_secrets", [])
+    return [key for key in candidates if key]
+
+
+def _fail(message: str, code: int, debug: bool) -> NoReturn:
+    from archiver.report import redact
+
+    secrets = _secrets()
     if debug:
-        traceback.print_exc()
-    click.echo(f"pictory-archiver: error: {exc.message}", err=True)
-    sys.exit(int(exc.exit_code))
+        click.echo(redact(traceback.format_exc(), secrets), err=True)
+    click.echo(f"pictory-archiver: error: {redact(message, secrets)}", err=True)
+    sys.exit(code)
 
 
 def _settings(**flags: Any) -> Settings:
     settings = load_settings(flags, os.environ)
+    if settings.api_key is not None:
+        click.get_current_context().meta.setdefault("pictory_secrets", []).append(
+            settings.api_key.value
+        )
     for warning in settings.warnings:
         click.echo(f"pictory-archiver: warning: {warning}", err=True)
     return settings
 
 
 def _handled(command: Callable[..., int]) -> Callable[..., None]:
-    """Run a command body; ArchiverError → one line and its exit code; ^C → 130."""
+    """Run a command body; ArchiverError → one line and its exit code; ^C → 130;
+    anything else is a bug, still reported in one line (--debug shows the traceback)."""
 
     def run(**flags: Any) -> None:
+        debug = bool(flags.get("debug"))
         try:
             code = command(**flags)
         except ArchiverError as exc:
-            _fail(exc, bool(flags.get("debug")))
+            _fail(exc.message, int(exc.exit_code), debug)
         except KeyboardInterrupt:
             click.echo("pictory-archiver: interrupted", err=True)
             sys.exit(int(ExitCode.INTERRUPTED))
+        except Exception as exc:  # noqa: BLE001 - a bug must still not dump a traceback
+            reason = f"internal error: {type(exc).__name__}: {exc} (--debug shows details)"
+            _fail(reason, int(ExitCode.PARTIAL), debug)
         sys.exit(code)
 
     run.__name__ = command.__name__
@@ -119,17 +141,33 @@ def status(**flags: Any) -> int:
 @cli.command()
 @dest_option
 @click.option("--fast", is_flag=True, help="Only check sizes, do not re-hash.")
+@click.option("--repair", is_flag=True, help="Re-fetch damaged items (needs the API), re-verify.")
+@click.option("--api-key", help="Pictory API key, for --repair (better: PICTORY_API_KEY).")
+@click.option("--api-url", help="API base URL, for --repair.")
 @config_option
+@quiet_option
 @debug_option
+@log_file_option
 @_handled
-def verify(fast: bool, **flags: Any) -> int:
-    """Re-hash every archived file against the manifest (no network)."""
+def verify(fast: bool, repair: bool, **flags: Any) -> int:
+    """Re-hash every archived file against the manifest (no network unless --repair)."""
     from archiver.layout import ArchiveLayout
     from archiver.manifest import Manifest
     from archiver.verify import verify_archive
 
     settings = _settings(**flags)
     layout = ArchiveLayout(settings.dest, settings.folder_template)
+    with Manifest.open_existing(layout.manifest_path) as manifest:
+        report = asyncio.run(verify_archive(manifest, layout.dest, fast=fast))
+        for line in report.lines():
+            click.echo(line)
+        if not repair or not report.problems:
+            return report.exit_code
+        for problem in report.problems:
+            manifest.mark_damaged(problem.kind, problem.item_id, problem.role, problem.reason)
+        manifest.commit()
+    click.echo(f"repair: re-fetching {len({p.item_id for p in report.problems})} items")
+    _run_sync(settings, only_ids=frozenset(p.item_id for p in report.problems))
     with Manifest.open_existing(layout.manifest_path) as manifest:
         report = asyncio.run(verify_archive(manifest, layout.dest, fast=fast))
     for line in report.lines():
@@ -159,7 +197,7 @@ def demo(dest: Path, **flags: Any) -> int:
     return 0
 
 
-def _run_sync(settings: Settings) -> int:
+def _run_sync(settings: Settings, only_ids: frozenset[str] | None = None) -> int:
     """Lock DEST, open the manifest, run the pipeline, print the summary."""
     from archiver.layout import ArchiveLayout
     from archiver.lock import DestLock
@@ -168,19 +206,26 @@ def _run_sync(settings: Settings) -> int:
     from archiver.report import ConsoleProgress, configure_logging, summary_lines
 
     bars = sys.stderr.isatty() and not settings.quiet
+    key = settings.require_key()
     configure_logging(
-        quiet=settings.quiet, debug=settings.debug, log_file=settings.log_file, bars=bars
+        quiet=settings.quiet,
+        debug=settings.debug,
+        log_file=settings.log_file,
+        bars=bars,
+        secrets=[key.value],
     )
     options = SyncOptions(
         dest=settings.dest,
         api_url=settings.api_url,
-        api_key=settings.require_key(),
+        api_key=key,
         folder_template=settings.folder_template,
         concurrency=settings.concurrency,
         queue_size=settings.queue_size,
         timeout=settings.timeout,
         retries=settings.retries,
         full=settings.full,
+        only_ids=only_ids,
+        report_file=settings.report_file,
     )
     layout = ArchiveLayout(settings.dest, settings.folder_template)
     with DestLock(layout.lock_path):

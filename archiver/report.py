@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TextIO
 
+from archiver.errors import ConfigError
 from archiver.manifest import Manifest
+from archiver.models import mask_key
 from archiver.outcomes import ItemOutcome, RunSummary
 
 log = logging.getLogger("archiver")
@@ -37,24 +40,56 @@ class _TqdmHandler(logging.StreamHandler[TextIO]):
             self.handleError(record)
 
 
-def configure_logging(*, quiet: bool, debug: bool, log_file: Path | None, bars: bool) -> None:
-    """stderr gets warnings (quiet), info or debug; --log-file gets timestamped lines."""
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """Replace every secret in `text` with its masked form."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, mask_key(secret))
+    return text
+
+
+class RedactingFilter(logging.Filter):
+    """Last line of defence: no log line, however built, carries the key."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        super().__init__()
+        self._secrets = tuple(secrets)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if record.exc_info:
+            message += "\n" + logging.Formatter().formatException(record.exc_info)
+            record.exc_info = None
+        record.msg, record.args = redact(message, self._secrets), None
+        return True
+
+
+def configure_logging(
+    *,
+    quiet: bool,
+    debug: bool,
+    log_file: Path | None,
+    bars: bool,
+    secrets: Iterable[str] = (),
+) -> None:
+    """stderr gets errors (quiet), info or debug; --log-file gets timestamped lines."""
     root = logging.getLogger("archiver")
+    redacting = RedactingFilter(secrets)
     root.handlers.clear()
     root.setLevel(logging.DEBUG if debug else logging.INFO)
     root.propagate = False
     console: logging.Handler = _TqdmHandler() if bars else logging.StreamHandler(sys.stderr)
     console.setLevel(logging.ERROR if quiet else logging.DEBUG if debug else logging.INFO)
     console.setFormatter(logging.Formatter("%(message)s"))
+    console.addFilter(redacting)
     root.addHandler(console)
     if log_file is not None:
         try:
             handler = logging.FileHandler(log_file, encoding="utf-8")
         except OSError as exc:
-            from archiver.errors import ConfigError
-
             raise ConfigError(f"--log-file {log_file}: {exc.strerror}") from None
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        handler.addFilter(redacting)
         root.addHandler(handler)
 
 

@@ -16,7 +16,9 @@ HASH_BLOCK = 1 << 20
 class Problem:
     """One archived file that is not what the manifest says."""
 
+    kind: str
     item_id: str
+    role: str
     path: str
     reason: str
 
@@ -72,7 +74,9 @@ async def verify_archive(
             reason = await asyncio.to_thread(
                 check_file, dest / record.path, record.size, record.sha256, fast
             )
-        return Problem(record.item_id, record.path, reason) if reason else None
+        if reason is None:
+            return None
+        return Problem(record.kind, record.item_id, record.role, record.path, reason)
 
     results = await asyncio.gather(*(check(record) for record in records))
     return VerifyReport(
