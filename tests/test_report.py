@@ -327,13 +327,16 @@ def test_quiet_console_still_logs_everything_to_the_file(
 ) -> None:
     log_file = tmp_path / "archiver.log"
     configure_logging(quiet=True, debug=True, log_file=log_file, bars=False, secrets=[KEY])
+    # below the quiet console's level: only the file handler's own filter can redact these
     logging.getLogger("archiver.download").debug("GET %s", "https://cdn.example/v.mp4")
+    logging.getLogger("archiver.api").info("listing with %s", KEY)
     logging.getLogger("archiver").error("fatal: %s", KEY)
     for handler in archiver_logger.handlers:
         handler.flush()
 
     text = log_file.read_text(encoding="utf-8")
-    assert [line.split(" ", 3)[2] for line in text.splitlines()] == ["DEBUG", "ERROR"]
+    assert [line.split(" ", 3)[2] for line in text.splitlines()] == ["DEBUG", "INFO", "ERROR"]
+    assert f"listing with {MASKED}" in text
     assert all(TIMESTAMPED.match(line) for line in text.splitlines())
     assert KEY not in text
     assert capsys.readouterr().err == f"fatal: {MASKED}\n"
