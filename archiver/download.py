@@ -111,6 +111,16 @@ class PartFile:
             self._handle.write(block)
             self._account(block)
 
+    def write_and_close(self, block: bytes) -> None:
+        """Keep the last bytes received before a failure, then close; errors are moot."""
+        try:
+            if block:
+                self.write(block)
+        except OSError:
+            pass
+        finally:
+            self.close()
+
     def close(self) -> None:
         """Close, waiting for a write still running in another thread (on cancel)."""
         with self._lock:
@@ -243,10 +253,9 @@ class AssetDownloader:
         where: str,
     ) -> FetchedFile:
         writer = await self._disk(request.path, PartFile, part, offset)
-        fetched = 0
+        buffer: list[bytes] = []
+        buffered = fetched = 0
         try:
-            buffer: list[bytes] = []
-            buffered = 0
             async for block in resp.content.iter_chunked(CHUNK_SIZE):
                 buffer.append(block)
                 buffered += len(block)
@@ -254,12 +263,13 @@ class AssetDownloader:
                     await self._disk(request.path, writer.write, b"".join(buffer))
                     fetched += buffered
                     buffer, buffered = [], 0
-            if buffer:
-                await self._disk(request.path, writer.write, b"".join(buffer))
-                fetched += buffered
         except BaseException:
-            await asyncio.to_thread(writer.close)
+            # what arrived before the drop is a valid prefix: keep it for the resume
+            await asyncio.to_thread(writer.write_and_close, b"".join(buffer))
             raise
+        if buffer:
+            await self._disk(request.path, writer.write, b"".join(buffer))
+            fetched += buffered
         if total is not None and writer.size != total:
             await asyncio.to_thread(writer.close)
             raise TransientAssetError(

@@ -113,6 +113,7 @@ class Sync:
         self.run_id = 0
         self.client: PictoryClient | None = None
         self.downloader: AssetDownloader | None = None
+        self._repeating_pages = 0
         self._refresh_lock = asyncio.Lock()
         self._refresh_walks = 0
 
@@ -261,7 +262,9 @@ class Sync:
                 )
 
     def _parse_page(self, raw_items: tuple[Any, ...]) -> list[Item]:
+        """Valid items not yet seen in this run; a listing that only repeats itself ends."""
         items = []
+        repeated = 0
         for raw in raw_items:
             try:
                 item = parse_item(raw, self.kind)
@@ -269,11 +272,15 @@ class Sync:
                 self._invalid(raw, exc.message)
                 continue
             if item.id in self.seen:
+                repeated += 1
                 continue
             self.seen.add(item.id)
             items.append(item)
         self.listed += len(raw_items)
         self.progress.listed(len(raw_items))
+        self._repeating_pages = self._repeating_pages + 1 if repeated == len(raw_items) > 0 else 0
+        if self._repeating_pages >= 2:
+            raise ApiError("the listing keeps repeating items it already sent: stopping it")
         return items
 
     def _invalid(self, raw: Any, reason: str) -> None:
@@ -410,7 +417,9 @@ class Sync:
             try:
                 async for page in self.client.list_pages(self.kind):
                     oldest = self._refresh_page(page.items)
-                    if oldest is not None and oldest < tracker.item.created_iso:
+                    if tracker.url_generation != generation or (
+                        oldest is not None and oldest < tracker.item.created_iso
+                    ):
                         break
             except ApiError as exc:
                 log.error("re-listing for fresh URLs failed: %s", exc.message)

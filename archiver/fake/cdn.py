@@ -103,8 +103,11 @@ async def send_asset(
     body = memoryview(asset.data)[first : last + 1]
     if fault is not None and fault.kind == "truncate":
         await _stream(response, body[: fault.after])
+        # a real drop comes a while after the last bytes, which the client has read by then;
+        # aiohttp discards bytes still unread when it learns of the drop
+        await asyncio.sleep(0.05)
         if request.transport is not None:
-            request.transport.close()  # a graceful close: the bytes written do arrive
+            request.transport.close()
         return response
     if fault is not None and fault.kind == "slow":
         await _stream(response, body[: fault.after])

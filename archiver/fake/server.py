@@ -298,6 +298,11 @@ class FakePictory:
     def _resume_index(self, state: dict[str, Any], items: list[dict[str, Any]]) -> int:
         """Where the page after the cursor's last item starts, however the head has grown."""
         last_id = state.get("id")
+        offset = state.get("o")
+        if isinstance(offset, int) and 0 < offset <= len(items):
+            previous = items[offset - 1]
+            if (previous.get("id") if isinstance(previous, dict) else None) == last_id:
+                return offset  # nothing moved since the cursor was made
         if isinstance(last_id, str):
             position = self.library.index_of(last_id)
             if position is not None:
@@ -309,7 +314,6 @@ class FakePictory:
                 if isinstance(value, str) and value < created:
                     return i
             return len(items)
-        offset = state.get("o")
         return offset if isinstance(offset, int) and offset >= 0 else 0
 
     async def _serve_asset(self, request: web.Request) -> web.StreamResponse:
