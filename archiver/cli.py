@@ -203,7 +203,7 @@ def _run_sync(settings: Settings, only_ids: frozenset[str] | None = None) -> int
     from archiver.lock import DestLock
     from archiver.manifest import Manifest
     from archiver.pipeline import SyncOptions, run_sync
-    from archiver.report import ConsoleProgress, configure_logging, summary_lines
+    from archiver.report import ConsoleProgress, configure_logging, log_summary, summary_lines
 
     bars = sys.stderr.isatty() and not settings.quiet
     key = settings.require_key()
@@ -236,8 +236,10 @@ def _run_sync(settings: Settings, only_ids: frozenset[str] | None = None) -> int
                 summary = asyncio.run(run_sync(options, manifest, progress))
             finally:
                 progress.close()
-    for line in summary_lines(summary):
+    lines = summary_lines(summary)
+    for line in lines:
         click.echo(line)
+    log_summary(lines)
     return summary.exit_code
 
 

@@ -74,6 +74,14 @@ def part_path(path: Path) -> Path:
     return path.with_name(path.name + PART_SUFFIX)
 
 
+def discard(part: Path) -> None:
+    """Remove a .part that cannot be built on; failing to is a storage problem."""
+    try:
+        part.unlink(missing_ok=True)
+    except OSError as exc:
+        raise storage_error(exc, part) from None
+
+
 def storage_error(exc: OSError, path: Path) -> StorageError:
     reason = exc.strerror or str(exc)
     if exc.errno == errno.ENOSPC:
@@ -217,7 +225,7 @@ class AssetDownloader:
         try:
             return await self._exchange(request, part, offset, headers, on_validator, where)
         except _RestartFromZero:
-            part.unlink(missing_ok=True)
+            discard(part)
             raise
 
     async def _exchange(
@@ -297,14 +305,14 @@ class AssetDownloader:
         same_version = validator is not None and validator == request.known_validator
         if same_version and request.known_size is not None and size != request.known_size:
             await asyncio.to_thread(writer.close)
-            part.unlink(missing_ok=True)
+            discard(part)
             raise PermanentAssetError(
                 f"{where} is {size} bytes but the same version was {request.known_size} before"
             )
         problem = media_problem(writer.head, request.media)
         if problem:
             await asyncio.to_thread(writer.close)
-            part.unlink(missing_ok=True)
+            discard(part)
             raise TransientAssetError(f"{where} {problem}")
         await self._disk(request.path, writer.finish, request.path, self._durable)
         return FetchedFile(
@@ -334,7 +342,7 @@ def _resumable_offset(part: Path, validator: str | None) -> int:
         raise storage_error(exc, part) from None
     if size and validator:
         return size
-    part.unlink(missing_ok=True)
+    discard(part)
     return 0
 
 

@@ -18,14 +18,18 @@ from archiver.models import mask_key
 from archiver.outcomes import ItemOutcome, RunSummary
 
 log = logging.getLogger("archiver")
+summary_log = logging.getLogger("archiver.summary")
 
 
 def human_bytes(size: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if size < 1000 or unit == "TB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+    """Decimal units, rounded before the unit is chosen (999,999 B is 1.0 MB)."""
+    if size < 1000:
+        return f"{size:.0f} B"
+    for unit in ("KB", "MB", "GB"):
         size /= 1000
-    raise AssertionError("unreachable")
+        if round(size, 1) < 1000:
+            return f"{size:.1f} {unit}"
+    return f"{size / 1000:.1f} TB"
 
 
 class _TqdmHandler(logging.StreamHandler[TextIO]):
@@ -56,7 +60,10 @@ class RedactingFilter(logging.Filter):
         self._secrets = tuple(secrets)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):
+            message = f"{record.msg!r} {record.args!r}"
         if record.exc_info:
             message += "\n" + logging.Formatter().formatException(record.exc_info)
             record.exc_info = None
@@ -75,13 +82,16 @@ def configure_logging(
     """stderr gets errors (quiet), info or debug; --log-file gets timestamped lines."""
     root = logging.getLogger("archiver")
     redacting = RedactingFilter(secrets)
-    root.handlers.clear()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+        old.close()
     root.setLevel(logging.DEBUG if debug else logging.INFO)
     root.propagate = False
     console: logging.Handler = _TqdmHandler() if bars else logging.StreamHandler(sys.stderr)
     console.setLevel(logging.ERROR if quiet else logging.DEBUG if debug else logging.INFO)
     console.setFormatter(logging.Formatter("%(message)s"))
     console.addFilter(redacting)
+    console.addFilter(lambda record: record.name != summary_log.name)
     root.addHandler(console)
     if log_file is not None:
         try:
@@ -135,6 +145,12 @@ class ConsoleProgress:
         for bar in (self._items, self._bytes):
             if bar is not None:
                 bar.close()
+
+
+def log_summary(lines: Iterable[str]) -> None:
+    """The summary goes to --log-file too (the console shows it on stdout already)."""
+    for line in lines:
+        summary_log.info(line)
 
 
 def summary_lines(summary: RunSummary) -> list[str]:

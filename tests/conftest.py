@@ -81,7 +81,9 @@ def run_cli(cli_env: dict[str, str]) -> Callable[..., CliResult]:
 def spawn_cli(cli_env: dict[str, str]) -> Callable[..., subprocess.Popen[str]]:
     """Start the CLI as a real child process (for signals, kill -9 and locks)."""
 
-    def spawn(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    def spawn(
+        *args: str, env: dict[str, str] | None = None, preexec_fn: Callable[[], None] | None = None
+    ) -> subprocess.Popen[str]:
         full_env = {**os.environ, **cli_env, **(env or {})}
         return subprocess.Popen(
             [sys.executable, "-m", "archiver", *args],
@@ -89,6 +91,7 @@ def spawn_cli(cli_env: dict[str, str]) -> Callable[..., subprocess.Popen[str]]:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            preexec_fn=preexec_fn,  # noqa: PLW1509 - resource limits for one child
         )
 
     return spawn

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from archiver.fake import FakeLibrary, FakePictory
+from archiver.fake import CdnFault, FakeLibrary, FakePictory
 from archiver.lock import DestLock
 from tests.conftest import KEY, CliResult, archived_files, sha256_file
 
@@ -267,3 +267,148 @@ def test_demo_runs(run_cli: RunCli, tmp_path: Path) -> None:
     assert len(list((demo_dest / "videos").rglob("metadata.json"))) >= 100
     with sqlite3.connect(demo_dest / ".pictory-archiver" / "manifest.sqlite") as db:
         assert db.execute("SELECT count(*) FROM items WHERE state='complete'").fetchone()[0] >= 100
+
+
+def manifest_rows(dest: Path, sql: str) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(dest / ".pictory-archiver" / "manifest.sqlite") as db:
+        return db.execute(sql).fetchall()
+
+
+def test_kill_9_at_any_moment_then_resume_refetches_nothing_complete(
+    spawn_cli: Callable[..., Any],
+    run_cli: RunCli,
+    server: FakePictory,
+    library: FakeLibrary,
+    dest: Path,
+) -> None:
+    server.cdn_delay = 0.01
+    for kill_after in (5, 150, 400):
+        proc = spawn_cli("sync", "--dest", str(dest), "--quiet")
+        deadline = time.monotonic() + 30
+        while server.count("cdn") < kill_after and time.monotonic() < deadline:
+            time.sleep(0.005)
+        proc.kill()
+        proc.wait(timeout=10)
+        assert proc.returncode == -signal.SIGKILL
+        complete = manifest_rows(dest, "SELECT path, sha256 FROM assets WHERE state='complete'")
+        for path, digest in complete:
+            assert sha256_file(dest / path) == digest, path
+        for folder in (dest / "videos").rglob("metadata.json"):
+            json.loads(folder.read_text("utf-8"))
+    server.cdn_delay = 0
+    done = {
+        row[0] for row in manifest_rows(dest, "SELECT item_id FROM assets WHERE state='complete'")
+    }
+    server.reset_log()
+    result = run_cli("sync", "--dest", str(dest))
+    assert result.exit_code == 0, result.output
+    refetched = set(cdn_paths(server))
+    for raw in library.items:
+        if raw["id"] in done:
+            assert library.asset_paths({"url": raw["url"]})[0] not in refetched
+    assert run_cli("verify", "--dest", str(dest)).exit_code == 0
+    assert not list(dest.rglob("*.part")) and not list(dest.rglob("*.tmp"))
+    assert len(list((dest / "videos").rglob("metadata.json"))) == 250
+
+
+def test_file_size_limit_stops_cleanly_and_next_run_completes(
+    spawn_cli: Callable[..., Any],
+    run_cli: RunCli,
+    server: FakePictory,
+    library: FakeLibrary,
+    dest: Path,
+) -> None:
+    big = library.items[10]
+    library.replace_asset(library.asset_paths({"url": big["url"]})[0], make_big_mp4())
+
+    def limit() -> None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_FSIZE, (3 << 20, 3 << 20))
+
+    proc = spawn_cli("sync", "--dest", str(dest), "--concurrency", "2", preexec_fn=limit)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 1, stderr
+    assert "cannot write" in stderr and "File too large" in stderr
+    assert "Traceback" not in stderr
+    part = next((dest / "videos").rglob("video.mp4.part"))
+    assert part.stat().st_size > 0
+    for path, digest in manifest_rows(
+        dest, "SELECT path, sha256 FROM assets WHERE state='complete'"
+    ):
+        assert sha256_file(dest / path) == digest
+    server.reset_log()
+    result = run_cli("sync", "--dest", str(dest))
+    assert result.exit_code == 0, result.output
+    resumed = [r for r in server.requests if r.path == library.asset_paths({"url": big["url"]})[0]]
+    assert resumed and resumed[0].header("Range") is not None
+    assert run_cli("verify", "--dest", str(dest)).exit_code == 0
+
+
+def make_big_mp4() -> bytes:
+    from archiver.fake.media import make_mp4
+
+    return make_mp4(99, 6 << 20)
+
+
+def test_run_report_json_and_log_file_for_cron(
+    run_cli: RunCli, server: FakePictory, library: FakeLibrary, dest: Path, tmp_path: Path
+) -> None:
+    broken = library.items[42]
+    server.fail_asset(
+        library.asset_paths({"url": broken["url"]})[0], *[CdnFault("status", status=404)] * 3
+    )
+    report_file, log_file = tmp_path / "last.json", tmp_path / "cron.log"
+    result = run_cli(
+        "sync", "--dest", str(dest), "--report", str(report_file), "--log-file", str(log_file)
+    )
+    assert result.exit_code == 1
+    assert f"FAILED {broken['id']} [video]" in result.stdout and "404" in result.stdout
+    report = json.loads(report_file.read_text())
+    runs = sorted((dest / ".pictory-archiver" / "runs").glob("*.json"))
+    assert len(runs) == 1 and json.loads(runs[0].read_text()) == report
+    assert report["exit_code"] == 1 and report["new"] == 249 and report["failed"] == 1
+    assert report["listed"] == 250 and report["complete"] == 249 and report["bytes"] > 0
+    assert report["failures"] == [
+        {"id": broken["id"], "asset": "video", "reason": report["failures"][0]["reason"]}
+    ]
+    assert report["started"] <= report["ended"]
+    log_lines = log_file.read_text().splitlines()
+    assert any(broken["id"] in line and "ERROR" in line for line in log_lines)
+    assert all(line[:4].isdigit() for line in log_lines)
+    status = run_cli("status", "--dest", str(dest))
+    assert "1 failed" in status.stdout and broken["id"] in status.stdout
+    second = run_cli("sync", "--dest", str(dest), "--log-file", str(log_file))
+    assert second.exit_code == 0
+    assert len(log_file.read_text().splitlines()) > len(log_lines)
+
+
+def test_verify_repair_refetches_exactly_the_damaged_files(
+    run_cli: RunCli, server: FakePictory, dest: Path
+) -> None:
+    assert run_cli("sync", "--dest", str(dest)).exit_code == 0
+    videos = sorted((dest / "videos").rglob("video.mp4"))
+    originals = {path: path.read_bytes() for path in (videos[3], videos[100])}
+    videos[3].write_bytes(b"\0" * len(originals[videos[3]]))
+    videos[100].unlink()
+    server.reset_log()
+    result = run_cli("verify", "--dest", str(dest), "--repair")
+    assert result.exit_code == 0, result.output
+    assert "2 damaged or missing" in result.stdout and "all intact" in result.stdout
+    assert len(cdn_paths(server)) == 2
+    for path, data in originals.items():
+        assert path.read_bytes() == data
+    assert run_cli("verify", "--dest", str(dest)).exit_code == 0
+
+
+def test_debug_traceback_and_errors_never_show_the_key(
+    run_cli: RunCli, server: FakePictory, dest: Path
+) -> None:
+    server.api_page_faults[0] = "non_json"
+    result = run_cli("sync", "--dest", str(dest), "--debug")
+    assert result.exit_code == 1
+    assert KEY not in result.output
+    wrong = "pictai_badbadbadbadbad9876"
+    denied = run_cli("sync", "--dest", str(dest), "--debug", env={"PICTORY_API_KEY": wrong})
+    assert denied.exit_code == 3 and "Traceback" in denied.stderr
+    assert wrong not in denied.output and "rejected the API key" in denied.output

@@ -620,12 +620,6 @@ async def test_final_name_taken_by_a_directory_is_a_storage_error(
     assert target.is_dir()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: _resumable_offset calls part.unlink() outside any OSError translation, so a "
-    ".part that cannot be removed (read-only DEST, a directory in its place) escapes fetch() "
-    "as a raw OSError instead of StorageError; same for the unlinks in _attempt and _finish",
-)
 async def test_undeletable_stale_part_is_a_storage_error(
     library: FakeLibrary, fake: FakePictory, tmp_path: Path
 ) -> None:
