@@ -137,22 +137,22 @@ class CorpusLibrary(FakeLibrary):
 
 
 class CorpusPictory(FakePictory):
-    """The fake API over a CorpusLibrary; asset URLs point at `cdn_origin` when it is set
-    (e.g. `http://127.0.0.1:8081`, a static server whose root is the corpus folder), else
-    at the fake's own CDN. The origin may be switched between runs."""
+    """The fake API over a CorpusLibrary. Asset URLs are `cdn_base` + CDN path when it is set
+    (e.g. `http://127.0.0.1:8081/large` for a static server serving the corpus root under
+    `/large`), else the fake's own CDN URLs. `cdn_base` may be switched between runs."""
 
     def __init__(
         self,
         library: CorpusLibrary,
         *,
-        cdn_origin: str | None = None,
+        cdn_base: str | None = None,
         api_key: str = DEMO_API_KEY,
         page_size: int = 100,
     ) -> None:
         super().__init__(library, api_key=api_key, page_size=page_size)
-        self.cdn_origin = cdn_origin
+        self.cdn_base = cdn_base
 
     def asset_url(self, path: str) -> str:
-        if self.cdn_origin is not None:
-            return self.cdn_origin + path
+        if self.cdn_base is not None:
+            return self.cdn_base + path
         return super().asset_url(path)
