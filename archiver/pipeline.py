@@ -113,6 +113,8 @@ class Sync:
         self.run_id = 0
         self.client: PictoryClient | None = None
         self.downloader: AssetDownloader | None = None
+        self.awaiting: set[str] = set()
+        self.refreshed: dict[str, Item] = {}
         self._repeating_pages = 0
         self._refresh_lock = asyncio.Lock()
         self._refresh_walks = 0
@@ -209,6 +211,7 @@ class Sync:
             async for page in self.client.list_pages(self.kind):
                 items = self._parse_page(page.items)
                 known = self.manifest.states(self.kind.name, [item.id for item in items])
+                self.awaiting = {item.id for item in items}
                 for item in items:
                     if not self.options.full and _at_or_below(item, frontier, known):
                         connected = True
@@ -292,6 +295,8 @@ class Sync:
 
     async def _consider(self, item: Item, state: str | None) -> None:
         """Record a listed item and queue whatever of it is not yet on disk."""
+        self.awaiting.discard(item.id)
+        item = self.refreshed.pop(item.id, item)
         folder = self.manifest.record_listed(
             self.kind.name,
             item.id,
@@ -406,7 +411,8 @@ class Sync:
         return await self.downloader.fetch(request, remember)
 
     async def _refresh(self, tracker: ItemTracker, generation: int) -> bool:
-        """Re-list down to the item to get fresh URLs for every item in flight; bounded."""
+        """Re-list down to the item for fresh URLs, for it and every item in flight or
+        still waiting on the lister's current page (so they need no walk of their own)."""
         assert self.client is not None
         async with self._refresh_lock:
             if tracker.url_generation != generation:
@@ -437,6 +443,8 @@ class Sync:
             if tracker is not None:
                 tracker.item = item
                 tracker.url_generation += 1
+            elif item.id in self.awaiting:
+                self.refreshed[item.id] = item
         return oldest
 
     def _asset_failed(self, tracker: ItemTracker, asset: Asset, reason: str) -> None:
