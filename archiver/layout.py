@@ -21,6 +21,9 @@ STATE_DIR = ".pictory-archiver"
 PART_SUFFIX = ".part"
 METADATA_NAME = "metadata.json"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK
 MAX_COMPONENT = 64
 
 
@@ -122,6 +125,7 @@ def write_atomic(path: Path, data: bytes) -> None:
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
+            os.fchmod(fd, FILE_MODE)
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
                 handle.flush()

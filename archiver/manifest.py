@@ -115,13 +115,20 @@ class Manifest:
         self._last_commit = time.monotonic()
         try:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise ManifestError(f"cannot open manifest {path}: {exc}") from None
+        try:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA busy_timeout=5000")
             self._check_schema()
             self._db.execute("BEGIN")
         except sqlite3.Error as exc:
+            self._db.close()
             raise ManifestError(f"cannot open manifest {path}: {exc}") from None
+        except ManifestError:
+            self._db.close()
+            raise
 
     @classmethod
     def open_existing(cls, path: Path) -> Manifest:
@@ -353,10 +360,13 @@ class Manifest:
             (kind, run_id),
         ).fetchall()
         ids = [row[0] for row in rows]
-        self._db.executemany(
-            "UPDATE items SET deleted_upstream=? WHERE kind=? AND id=?",
-            [(now, kind, item_id) for item_id in ids],
-        )
+        try:
+            self._db.executemany(
+                "UPDATE items SET deleted_upstream=? WHERE kind=? AND id=?",
+                [(now, kind, item_id) for item_id in ids],
+            )
+        except sqlite3.Error as exc:
+            raise ManifestError(f"manifest error: {exc}") from None
         self._changed(len(ids) or 1)
         return ids
 

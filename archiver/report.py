@@ -192,6 +192,8 @@ def status_lines(manifest: Manifest, dest: Path) -> list[str]:
     for run in runs:
         report = run["report"] or {}
         result = {0: "ok", 1: "partial", 130: "interrupted"}.get(run["exit_code"], "error")
+        if report.get("error"):
+            result = f"stopped by an error: {report['error']}"
         if run["ended"] is None:
             result = "running or killed"
         lines.append(

@@ -412,3 +412,37 @@ def test_debug_traceback_and_errors_never_show_the_key(
     denied = run_cli("sync", "--dest", str(dest), "--debug", env={"PICTORY_API_KEY": wrong})
     assert denied.exit_code == 3 and "Traceback" in denied.stderr
     assert wrong not in denied.output and "rejected the API key" in denied.output
+
+
+def test_unwritable_dest_stops_with_one_line_and_next_run_completes(
+    run_cli: RunCli, server: FakePictory, dest: Path
+) -> None:
+    dest.mkdir()
+    (dest / "videos").write_text("in the way")
+    result = run_cli("sync", "--dest", str(dest))
+    assert result.exit_code == 1
+    errors = [line for line in result.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1 and "cannot create" in errors[0]
+    assert "Traceback" not in result.output
+    (dest / "videos").unlink()
+    again = run_cli("sync", "--dest", str(dest))
+    assert again.exit_code == 0, again.output
+    assert "250 videos in archive" in again.stdout
+    status = run_cli("status", "--dest", str(dest))
+    assert "stopped by an error: cannot create" in status.stdout and "ok (exit 0)" in status.stdout
+
+
+def test_sigterm_is_an_interrupt_too(
+    spawn_cli: Callable[..., Any], run_cli: RunCli, server: FakePictory, dest: Path
+) -> None:
+    server.cdn_delay = 0.05
+    proc = spawn_cli("sync", "--dest", str(dest), "--quiet")
+    deadline = time.monotonic() + 20
+    while server.count("cdn") < 10 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130, stderr
+    assert "sync interrupted" in stdout
+    runs = manifest_rows(dest, "SELECT exit_code FROM runs")
+    assert runs == [(130,)]

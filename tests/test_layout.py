@@ -244,3 +244,13 @@ def test_read_metadata_tolerates_missing_and_bad_files(layout: ArchiveLayout) ->
     assert layout.read_metadata("videos/x") is None
     (path / "metadata.json").write_text("[1, 2]")
     assert layout.read_metadata("videos/x") is None
+
+
+def test_metadata_json_is_readable_like_any_other_file(tmp_path: Path) -> None:
+    layout = ArchiveLayout(tmp_path, DEFAULT_TEMPLATE)
+    (tmp_path / "f").mkdir()
+    layout.write_metadata("f", {"id": "x"}, {"files": {}})
+    mode = (tmp_path / "f" / "metadata.json").stat().st_mode & 0o777
+    umask = os.umask(0)
+    os.umask(umask)
+    assert mode == 0o666 & ~umask
