@@ -5,12 +5,13 @@ Every path handed out is checked to resolve inside DEST, whatever the API sent.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import os
 import re
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -105,11 +106,35 @@ class ArchiveLayout:
             raise StorageError(f"cannot create {folder}: {exc.strerror}") from None
         return path
 
-    def write_metadata(self, folder: str, raw: Mapping[str, Any], archive: dict[str, Any]) -> None:
+    def write_metadata(
+        self,
+        folder: str,
+        raw: Mapping[str, Any],
+        archive: dict[str, Any],
+        *,
+        durable: bool = True,
+    ) -> None:
         """metadata.json: the API item verbatim plus one `archive` key, written atomically."""
         document = {**raw, "archive": archive}
-        data = json.dumps(document, ensure_ascii=False, indent=2).encode("utf-8") + b"\n"
-        write_atomic(self.resolve(f"{folder}/{METADATA_NAME}"), data)
+        text = json.dumps(document, ensure_ascii=False, indent=2)
+        try:
+            data = text.encode("utf-8") + b"\n"
+        except UnicodeEncodeError:  # lone surrogates from the API: keep them as \u escapes
+            data = json.dumps(document, indent=2).encode("ascii") + b"\n"
+        write_atomic(self.resolve(f"{folder}/{METADATA_NAME}"), data, durable=durable)
+
+    def flush_to_disk(self) -> None:
+        """Make everything written under DEST durable at once (group commit): one syncfs
+        of DEST's filesystem instead of an fsync per file."""
+        try:
+            fd = os.open(self.dest, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as exc:
+            raise StorageError(f"cannot open {self.dest}: {exc.strerror}") from None
+        try:
+            if _syncfs is None or _syncfs(fd) != 0:
+                os.sync()
+        finally:
+            os.close(fd)
 
     def read_metadata(self, folder: str) -> dict[str, Any] | None:
         try:
@@ -120,8 +145,23 @@ class ArchiveLayout:
         return value if isinstance(value, dict) else None
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temp name in the same folder, fsync, rename over, fsync the folder."""
+def _load_syncfs() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        func: Callable[[int], int] = libc.syncfs
+    except (OSError, AttributeError):
+        return None
+    return func
+
+
+_syncfs = _load_syncfs()
+
+
+def write_atomic(path: Path, data: bytes, *, durable: bool = True) -> None:
+    """Write to a temp name in the same folder, fsync, rename over, fsync the folder.
+
+    With durable=False the fsyncs are left to a later `flush_to_disk` (group commit).
+    """
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
@@ -129,12 +169,14 @@ def write_atomic(path: Path, data: bytes) -> None:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
                 handle.flush()
-                os.fsync(handle.fileno())
+                if durable:
+                    os.fsync(handle.fileno())
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        fsync_dir(path.parent)
+        if durable:
+            fsync_dir(path.parent)
     except OSError as exc:
         raise StorageError(f"cannot write {path.name}: {exc.strerror or exc}") from None
 

@@ -159,12 +159,16 @@ class Manifest:
     def _changed(self, rows: int = 1) -> None:
         self._dirty += rows
 
-    def maybe_commit(self) -> None:
-        """Commit when the batch is big or old enough; call between logical units only."""
-        if self._dirty and (
+    def commit_due(self) -> bool:
+        """Is the batch big or old enough to commit?"""
+        return bool(self._dirty) and (
             self._dirty >= self._batch_rows
             or time.monotonic() - self._last_commit >= self._batch_seconds
-        ):
+        )
+
+    def maybe_commit(self) -> None:
+        """Commit when the batch is big or old enough; call between logical units only."""
+        if self.commit_due():
             self.commit()
 
     def commit(self) -> None:

@@ -14,9 +14,10 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,8 @@ from archiver.retry import RetryBudget, RetryPolicy
 log = logging.getLogger("archiver")
 
 MAX_REFRESHES_PER_ASSET = 2
+CHECKPOINT_SECONDS = 1.0
+CHECKPOINT_FILES = 2000
 MAX_REFRESH_WALKS = 20
 
 
@@ -113,6 +116,9 @@ class Sync:
         self.run_id = 0
         self.client: PictoryClient | None = None
         self.downloader: AssetDownloader | None = None
+        self.unsynced: list[Callable[[], None]] = []
+        self._last_checkpoint = time.monotonic()
+        self._checkpointing = False
         self.awaiting: set[str] = set()
         self.refreshed: dict[str, Item] = {}
         self._repeating_pages = 0
@@ -136,7 +142,7 @@ class Sync:
             fatal = _first_error(group)
             if fatal is None:
                 raise
-        self.manifest.commit()
+        self._settle()
         summary = RunSummary(
             started=started,
             ended=_now(),
@@ -157,6 +163,40 @@ class Sync:
         if fatal is not None:
             raise fatal
         return summary
+
+    async def _checkpoint(self) -> None:
+        """Group commit: once a second (or every CHECKPOINT_FILES files), make the files
+        written so far durable with one filesystem sync, then record them in the manifest.
+        The manifest never claims a file the disk might not have."""
+        due = len(self.unsynced) >= CHECKPOINT_FILES or (
+            time.monotonic() - self._last_checkpoint >= CHECKPOINT_SECONDS
+        )
+        if self._checkpointing or not (due or self.manifest.commit_due()):
+            return
+        self._checkpointing = True
+        try:
+            batch, self.unsynced = self.unsynced, []
+            if batch:
+                await asyncio.to_thread(self.layout.flush_to_disk)
+            for record in batch:
+                record()
+            self.manifest.commit()
+            self._last_checkpoint = time.monotonic()
+        finally:
+            self._checkpointing = False
+
+    def _settle(self) -> None:
+        """The last checkpoint, whatever ended the run; blocking is fine by now."""
+        batch, self.unsynced = self.unsynced, []
+        if batch:
+            try:
+                self.layout.flush_to_disk()
+            except ArchiverError as exc:
+                log.error("could not make the last files durable: %s", exc.message)
+                batch = []
+        for record in batch:
+            record()
+        self.manifest.commit()
 
     def _save_report(self, summary: RunSummary) -> None:
         """The run report: in the manifest, in runs/<start>.json and in --report FILE."""
@@ -184,6 +224,7 @@ class Sync:
                 retry=retry,
                 budget=RetryBudget(max(100, 20 * options.concurrency)),
                 connections=options.concurrency,
+                durable=False,
             ) as downloader,
         ):
             self.client, self.downloader = client, downloader
@@ -218,7 +259,7 @@ class Sync:
                         break
                     top = top or item
                     await self._consider(item, known.get(item.id))
-                self.manifest.maybe_commit()
+                await self._checkpoint()
                 if connected:
                     break
             else:
@@ -381,7 +422,7 @@ class Sync:
         if tracker.remaining == 0:
             self.live.pop(tracker.item.id, None)
             await self._finish_item(tracker)
-        self.manifest.maybe_commit()
+        await self._checkpoint()
 
     async def _fetch_asset(self, tracker: ItemTracker, asset: Asset) -> FetchedFile:
         assert self.downloader is not None
@@ -466,17 +507,37 @@ class Sync:
         self.files += 1
         self.fetched_bytes += fetched.fetched_bytes
         self.progress.file_done(fetched.fetched_bytes)
-        self.manifest.mark_asset(
-            self.kind.name,
-            tracker.item.id,
-            asset.role,
-            url=strip_query(asset.url),
-            path=f"{tracker.folder}/{asset.filename}",
-            state=FETCHED,
-            size=fetched.size,
-            sha256=fetched.sha256,
-            etag=fetched.validator,
+        self.unsynced.append(
+            partial(
+                self.manifest.mark_asset,
+                self.kind.name,
+                tracker.item.id,
+                asset.role,
+                url=strip_query(asset.url),
+                path=f"{tracker.folder}/{asset.filename}",
+                state=FETCHED,
+                size=fetched.size,
+                sha256=fetched.sha256,
+                etag=fetched.validator,
+            )
         )
+
+    def _record_complete(self, tracker: ItemTracker) -> None:
+        """The item and its files, complete in the manifest in one go (after the sync)."""
+        item = tracker.item
+        for asset in item.assets:
+            entry = tracker.files[asset.role]
+            self.manifest.mark_asset(
+                self.kind.name,
+                item.id,
+                asset.role,
+                url=entry["source_url"],
+                path=f"{tracker.folder}/{asset.filename}",
+                state=COMPLETE,
+                size=entry["size"],
+                sha256=entry["sha256"],
+            )
+        self.manifest.mark_complete(self.kind.name, item.id)
 
     async def _finish_item(self, tracker: ItemTracker) -> None:
         """All assets are in: write metadata.json, then mark everything complete at once."""
@@ -495,20 +556,12 @@ class Sync:
                 "kind": item.kind.name,
                 "files": {role: tracker.files[role] for role in sorted(tracker.files)},
             }
-            await asyncio.to_thread(self.layout.write_metadata, tracker.folder, item.raw, archive)
-            for asset in item.assets:
-                entry = tracker.files[asset.role]
-                self.manifest.mark_asset(
-                    kind,
-                    item.id,
-                    asset.role,
-                    url=entry["source_url"],
-                    path=f"{tracker.folder}/{asset.filename}",
-                    state=COMPLETE,
-                    size=entry["size"],
-                    sha256=entry["sha256"],
+            await asyncio.to_thread(
+                partial(
+                    self.layout.write_metadata, tracker.folder, item.raw, archive, durable=False
                 )
-            self.manifest.mark_complete(kind, item.id)
+            )
+            self.unsynced.append(partial(self._record_complete, tracker))
             if tracker.fetched_files:
                 self.new_items += 1
         self.progress.item_done(
