@@ -353,7 +353,8 @@ class Manifest:
             """SELECT a.* FROM assets a JOIN items i ON i.kind=a.kind AND i.id=a.item_id
                WHERE i.state='complete' ORDER BY a.path"""
         )
-        return (AssetRecord(*row) for row in rows.fetchall())
+        while batch := rows.fetchmany(1000):
+            yield from (AssetRecord(*row) for row in batch)
 
     def mark_deleted_upstream(self, kind: str, run_id: int) -> list[str]:
         """Items a full listing in run `run_id` did not see: flag them, never delete."""

@@ -65,22 +65,24 @@ def check_file(path: Path, size: int | None, sha256: str | None, fast: bool) -> 
 async def verify_archive(
     manifest: Manifest, dest: Path, *, fast: bool = False, parallel: int = 4
 ) -> VerifyReport:
-    """Check every file of every complete item, hashing in threads off the event loop."""
-    records = list(manifest.complete_assets())
-    gate = asyncio.Semaphore(parallel)
+    """Check every file of every complete item, hashing in a few threads off the event loop;
+    memory stays flat however many files there are."""
+    records = iter(manifest.complete_assets())
+    problems: list[Problem] = []
+    totals = [0, 0]
 
-    async def check(record: AssetRecord) -> Problem | None:
-        async with gate:
+    async def checker() -> None:
+        for record in records:
+            totals[0] += 1
+            totals[1] += record.size or 0
             reason = await asyncio.to_thread(
                 check_file, dest / record.path, record.size, record.sha256, fast
             )
-        if reason is None:
-            return None
-        return Problem(record.kind, record.item_id, record.role, record.path, reason)
+            if reason is not None:
+                problems.append(
+                    Problem(record.kind, record.item_id, record.role, record.path, reason)
+                )
 
-    results = await asyncio.gather(*(check(record) for record in records))
-    return VerifyReport(
-        files=len(records),
-        bytes=sum(record.size or 0 for record in records),
-        problems=tuple(problem for problem in results if problem is not None),
-    )
+    await asyncio.gather(*(checker() for _ in range(parallel)))
+    problems.sort(key=lambda problem: problem.path)
+    return VerifyReport(files=totals[0], bytes=totals[1], problems=tuple(problems))
