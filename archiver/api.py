@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -63,7 +63,7 @@ class PictoryClient:
         if self._session is not None:
             await self._session.close()
 
-    async def list_pages(self, kind: ItemKind) -> AsyncIterator[Page]:
+    async def list_pages(self, kind: ItemKind) -> AsyncGenerator[Page, None]:
         """Walk the listing newest first, following nextPageKey until it ends."""
         url = self._base + kind.endpoint
         seen_keys: set[str] = set()

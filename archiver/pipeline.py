@@ -14,9 +14,9 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable
+from contextlib import aclosing
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -29,18 +29,16 @@ from archiver.errors import (
     ArchiverError,
     AssetError,
     ExpiredUrlError,
-    InvalidItemError,
 )
 from archiver.layout import ArchiveLayout, write_atomic
-from archiver.manifest import COMPLETE, FAILED, FETCHED, PARTIAL, Frontier, Manifest
+from archiver.lister import Lister, utc_now
+from archiver.manifest import COMPLETE, FAILED, FETCHED, PARTIAL, Manifest
 from archiver.models import (
     VIDEO,
     Asset,
     Item,
     ItemKind,
     Secret,
-    describe_id,
-    parse_item,
     strip_query,
 )
 from archiver.outcomes import Failure, ItemOutcome, ProgressSink, RunSummary
@@ -110,24 +108,20 @@ class Sync:
         self.queue: asyncio.Queue[AssetJob | None] = asyncio.Queue(maxsize=options.queue_size)
         self.live: dict[str, ItemTracker] = {}
         self.failures: list[Failure] = []
-        self.seen: set[str] = set()
-        self.listed = self.new_items = self.files = self.fetched_bytes = 0
-        self.listing_error: str | None = None
+        self.new_items = self.files = self.fetched_bytes = 0
         self.run_id = 0
+        self.lister: Lister | None = None
         self.client: PictoryClient | None = None
         self.downloader: AssetDownloader | None = None
         self.unsynced: list[Callable[[], None]] = []
         self._last_checkpoint = time.monotonic()
         self._checkpointing = False
-        self.awaiting: set[str] = set()
-        self.refreshed: dict[str, Item] = {}
-        self._repeating_pages = 0
         self._refresh_lock = asyncio.Lock()
         self._refresh_walks = 0
 
     async def run(self) -> RunSummary:
         """Run to the end, or until interrupted; a run-fatal error is recorded, then raised."""
-        started, clock = _now(), time.monotonic()
+        started, clock = utc_now(), time.monotonic()
         command = "repair" if self.options.only_ids is not None else "sync"
         self.run_id = self.manifest.start_run(command + (" --full" if self.options.full else ""))
         interrupted = False
@@ -145,17 +139,17 @@ class Sync:
         self._settle()
         summary = RunSummary(
             started=started,
-            ended=_now(),
-            listed=self.listed,
+            ended=utc_now(),
+            listed=self.lister.listed if self.lister else 0,
             new_items=self.new_items,
             files=self.files,
             fetched_bytes=self.fetched_bytes,
             elapsed=time.monotonic() - clock,
-            failures=tuple(self.failures),
+            failures=tuple((self.lister.failures if self.lister else []) + self.failures),
             total_complete=self.manifest.counts()[COMPLETE],
             list_requests=self.client.requests_made if self.client else 0,
             interrupted=interrupted,
-            listing_error=self.listing_error,
+            listing_error=self.lister.listing_error if self.lister else None,
             fatal_error=fatal.message if fatal else None,
             fatal_exit_code=int(fatal.exit_code) if fatal else None,
         )
@@ -228,142 +222,29 @@ class Sync:
             ) as downloader,
         ):
             self.client, self.downloader = client, downloader
+            self.lister = Lister(
+                client,
+                self.manifest,
+                self.layout,
+                self.kind,
+                run_id=self.run_id,
+                full=options.full,
+                progress=self.progress,
+                admit=self._queue_item,
+                checkpoint=self._checkpoint,
+            )
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._list_and_close())
                 for _ in range(options.concurrency):
                     group.create_task(self._work())
 
     async def _list_and_close(self) -> None:
-        if self.options.only_ids is not None:
-            await self._walk_for(self.options.only_ids)
-        else:
-            await self._walk_listing()
-        await self._queue_unfinished()
+        assert self.lister is not None
+        await self.lister.run(self.options.only_ids)
         for _ in range(self.options.concurrency):
             await self.queue.put(None)
 
-    async def _walk_listing(self) -> None:
-        """Page from the newest item down to the frontier (or to the end with --full)."""
-        assert self.client is not None
-        frontier = self.manifest.frontier(self.kind.name)
-        top: Item | None = None
-        connected = False
-        try:
-            async for page in self.client.list_pages(self.kind):
-                items = self._parse_page(page.items)
-                known = self.manifest.states(self.kind.name, [item.id for item in items])
-                self.awaiting = {item.id for item in items}
-                for item in items:
-                    if not self.options.full and _at_or_below(item, frontier, known):
-                        connected = True
-                        break
-                    top = top or item
-                    await self._consider(item, known.get(item.id))
-                await self._checkpoint()
-                if connected:
-                    break
-            else:
-                connected = True
-        except ApiError as exc:
-            self.listing_error = exc.message
-            log.error("listing stopped: %s", exc.message)
-            return
-        if connected and top is not None:
-            self.manifest.set_frontier(self.kind.name, Frontier(top.id, top.created_iso))
-        if connected and self.options.full:
-            await self._flag_deleted_upstream()
-        self.manifest.commit()
-
-    async def _walk_for(self, wanted: Collection[str]) -> None:
-        """Repair: list until every wanted item is found, to fetch it with fresh URLs."""
-        assert self.client is not None
-        missing = set(wanted)
-        try:
-            async for page in self.client.list_pages(self.kind):
-                for item in self._parse_page(page.items):
-                    if item.id in missing:
-                        missing.discard(item.id)
-                        await self._consider(item, None)
-                if not missing:
-                    break
-        except ApiError as exc:
-            self.listing_error = exc.message
-            log.error("listing stopped: %s", exc.message)
-
-    async def _flag_deleted_upstream(self) -> None:
-        """Items a complete walk did not see: flagged in manifest and metadata, kept on disk."""
-        for item_id in self.manifest.mark_deleted_upstream(self.kind.name, self.run_id):
-            record = self.manifest.item(self.kind.name, item_id)
-            if record is None or not record.folder:
-                continue
-            log.info("no longer listed upstream (kept locally): %s", record.folder)
-            metadata = await asyncio.to_thread(self.layout.read_metadata, record.folder)
-            if metadata is not None and isinstance(metadata.get("archive"), dict):
-                metadata["archive"]["deleted_upstream"] = _now()
-                archive = metadata.pop("archive")
-                await asyncio.to_thread(
-                    self.layout.write_metadata, record.folder, metadata, archive
-                )
-
-    def _parse_page(self, raw_items: tuple[Any, ...]) -> list[Item]:
-        """Valid items not yet seen in this run; a listing that only repeats itself ends."""
-        items = []
-        repeated = 0
-        for raw in raw_items:
-            try:
-                item = parse_item(raw, self.kind)
-            except InvalidItemError as exc:
-                self._invalid(raw, exc.message)
-                continue
-            if item.id in self.seen:
-                repeated += 1
-                continue
-            self.seen.add(item.id)
-            items.append(item)
-        self.listed += len(raw_items)
-        self.progress.listed(len(raw_items))
-        self._repeating_pages = self._repeating_pages + 1 if repeated == len(raw_items) > 0 else 0
-        if self._repeating_pages >= 2:
-            raise ApiError("the listing keeps repeating items it already sent: stopping it")
-        return items
-
-    def _invalid(self, raw: Any, reason: str) -> None:
-        name = describe_id(raw)
-        log.error("invalid item %s: %s", name, reason)
-        self.failures.append(Failure(name, reason))
-        if isinstance(raw, dict) and isinstance(raw.get("id"), str):
-            self.manifest.record_invalid(self.kind.name, raw["id"], json.dumps(raw), reason)
-
-    async def _consider(self, item: Item, state: str | None) -> None:
-        """Record a listed item and queue whatever of it is not yet on disk."""
-        self.awaiting.discard(item.id)
-        item = self.refreshed.pop(item.id, item)
-        folder = self.manifest.record_listed(
-            self.kind.name,
-            item.id,
-            item.created_iso,
-            self.layout.item_folder(item),
-            json.dumps(item.raw, ensure_ascii=False),
-            self.run_id,
-        )
-        if state == COMPLETE and not self.options.full:
-            return
-        await self._queue_item(item, folder, recheck=state == COMPLETE)
-
-    async def _queue_unfinished(self) -> None:
-        """Items left pending or failed by earlier runs and not listed this time."""
-        for record in self.manifest.unfinished(self.kind.name, self.run_id):
-            wanted = self.options.only_ids
-            if record.id in self.seen or (wanted is not None and record.id not in wanted):
-                continue
-            try:
-                item = parse_item(json.loads(record.item_json), self.kind)
-            except (InvalidItemError, ValueError):
-                continue
-            self.seen.add(item.id)
-            await self._queue_item(item, record.folder, recheck=False)
-
-    async def _queue_item(self, item: Item, folder: str, *, recheck: bool) -> None:
+    async def _queue_item(self, item: Item, folder: str, recheck: bool) -> None:
         """Queue the assets not yet safely on disk; finish at once if there are none."""
         todo: list[Asset] = []
         done: dict[str, dict[str, Any]] = {}
@@ -452,9 +333,8 @@ class Sync:
         return await self.downloader.fetch(request, remember)
 
     async def _refresh(self, tracker: ItemTracker, generation: int) -> bool:
-        """Re-list down to the item for fresh URLs, for it and every item in flight or
-        still waiting on the lister's current page (so they need no walk of their own)."""
-        assert self.client is not None
+        """Re-list down to the item for fresh URLs, renewing every item in flight; bounded."""
+        assert self.lister is not None
         async with self._refresh_lock:
             if tracker.url_generation != generation:
                 return True
@@ -462,31 +342,15 @@ class Sync:
                 return False
             self._refresh_walks += 1
             try:
-                async for page in self.client.list_pages(self.kind):
-                    oldest = self._refresh_page(page.items)
-                    if tracker.url_generation != generation or (
-                        oldest is not None and oldest < tracker.item.created_iso
-                    ):
-                        break
+                async with aclosing(self.lister.relist(until=tracker.item)) as items:
+                    async for item in items:
+                        renewed = self.live.get(item.id)
+                        if renewed is not None:
+                            renewed.item = item
+                            renewed.url_generation += 1
             except ApiError as exc:
                 log.error("re-listing for fresh URLs failed: %s", exc.message)
             return tracker.url_generation != generation
-
-    def _refresh_page(self, raw_items: tuple[Any, ...]) -> str | None:
-        oldest = None
-        for raw in raw_items:
-            try:
-                item = parse_item(raw, self.kind)
-            except InvalidItemError:
-                continue
-            oldest = item.created_iso
-            tracker = self.live.get(item.id)
-            if tracker is not None:
-                tracker.item = item
-                tracker.url_generation += 1
-            elif item.id in self.awaiting:
-                self.refreshed[item.id] = item
-        return oldest
 
     def _asset_failed(self, tracker: ItemTracker, asset: Asset, reason: str) -> None:
         self.manifest.mark_asset(
@@ -551,7 +415,7 @@ class Sync:
             log.error("failed %s: %s: %s", tracker.folder, role, reason)
         else:
             archive = {
-                "archived_at": _now(),
+                "archived_at": utc_now(),
                 "tool": f"pictory-archiver {__version__}",
                 "kind": item.kind.name,
                 "files": {role: tracker.files[role] for role in sorted(tracker.files)},
@@ -574,18 +438,6 @@ class Sync:
                 failure,
             )
         )
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def _at_or_below(item: Item, frontier: Frontier | None, known: dict[str, str]) -> bool:
-    """Has the walk reached the part of the listing a previous walk already recorded?"""
-    if frontier is None:
-        return False
-    created = item.created_iso
-    return created < frontier.created or (created == frontier.created and item.id in known)
 
 
 def _has_size(path: Path, size: int | None) -> bool:
