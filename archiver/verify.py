@@ -7,7 +7,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from archiver.manifest import AssetRecord, Manifest
+from archiver.manifest import Manifest
 
 HASH_BLOCK = 1 << 20
 
