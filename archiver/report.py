@@ -88,7 +88,9 @@ def configure_logging(
     root.setLevel(logging.DEBUG if debug else logging.INFO)
     root.propagate = False
     console: logging.Handler = _TqdmHandler() if bars else logging.StreamHandler(sys.stderr)
-    console.setLevel(logging.ERROR if quiet else logging.DEBUG if debug else logging.INFO)
+    # with bars on screen, per-item lines would only scroll them away: show problems only
+    level = logging.DEBUG if debug else logging.WARNING if bars else logging.INFO
+    console.setLevel(logging.ERROR if quiet else level)
     console.setFormatter(logging.Formatter("%(message)s"))
     console.addFilter(redacting)
     console.addFilter(lambda record: record.name != summary_log.name)
@@ -142,7 +144,7 @@ class ConsoleProgress:
             )
 
     def close(self) -> None:
-        for bar in (self._items, self._bytes):
+        for bar in (self._bytes, self._items):
             if bar is not None:
                 bar.close()
 
