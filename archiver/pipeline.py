@@ -169,9 +169,10 @@ class Sync:
             return
         self._checkpointing = True
         try:
-            batch, self.unsynced = self.unsynced, []
-            if batch:
+            count = len(self.unsynced)
+            if count:
                 await asyncio.to_thread(self.layout.flush_to_disk)
+            batch, self.unsynced = self.unsynced[:count], self.unsynced[count:]
             for record in batch:
                 record()
             self.manifest.commit()
