@@ -49,6 +49,8 @@ FILE_FIELDS = {
 }
 PACKAGES = {"nginx": "nginx-light", "aria2c": "aria2", "curl": "curl", "time": "time"}
 MIN_FREE_BYTES = 8 * GB
+DEFAULT_CONNECTIONS = 8  # the archiver's default concurrency
+IGNORED = shutil.ignore_patterns("__pycache__")
 
 
 class BenchError(Exception):
@@ -76,6 +78,8 @@ class Scale:
     scale_baseline_videos: int
     scale_repeat: int
     noop_repeat: int
+    large_repeat: int
+    disk_probe: int  # bytes
 
 
 SMALL = Sizes((8 * KiB,))
@@ -83,7 +87,7 @@ LATENCY = Sizes((64 * KiB,))
 TINY = Sizes((200,), image=340, png_pixels=(4, 4))
 FULL = Scale(
     repeat=3,
-    # 40 MP4s of 10..50 MiB in a scrambled order (1.24 GB), plus 120 small images.
+    # 40 MP4s of 10..50 MiB in a scrambled order (1.27 GB), plus 120 small images.
     large=Sizes(tuple((10 + i * 37 % 41) * MiB for i in range(40))),
     small_videos=5_000,
     latency_videos=200,
@@ -91,6 +95,8 @@ FULL = Scale(
     scale_baseline_videos=5_000,
     scale_repeat=1,
     noop_repeat=5,
+    large_repeat=5,  # cheap, and durable writes on this disk vary from run to run
+    disk_probe=1024 * MiB,
 )
 QUICK = Scale(
     repeat=1,
@@ -101,6 +107,8 @@ QUICK = Scale(
     scale_baseline_videos=50,
     scale_repeat=1,
     noop_repeat=2,
+    large_repeat=1,
+    disk_probe=128 * MiB,
 )
 
 
@@ -302,6 +310,28 @@ def version(executable: str) -> str:
     return next((w for w in words if w[:1].isdigit() and "." in w), "?")
 
 
+def archiver_version() -> str:
+    """The archiver's version and commit, flagging uncommitted changes to it."""
+    commit = output_of(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"]) or "?"
+    dirty = output_of(["git", "-C", str(ROOT), "status", "--porcelain", "archiver"])
+    return f"{__version__} at {commit}" + (" with uncommitted changes" if dirty else "")
+
+
+def disk_write_speed(folder: Path, size: int) -> float:
+    """MB/s of writing `size` random bytes to a new file in `folder` and fsyncing it."""
+    block = os.urandom(MiB)
+    probe = folder / "disk-probe"
+    os.sync()
+    started = time.perf_counter()
+    with probe.open("wb", buffering=0) as out:
+        for _ in range(size // MiB):
+            out.write(block)
+        os.fsync(out.fileno())
+    elapsed = time.perf_counter() - started
+    probe.unlink()
+    return size / MB / elapsed
+
+
 def tool(name: str) -> str | None:
     return shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin:/sbin:/bin")
 
@@ -347,7 +377,10 @@ http {{
     server {{ listen 127.0.0.1:{logged_port}; root {root}; access_log {log} served; }}
 }}
 """
-    SETTINGS = "1 worker, `sendfile on`, `access_log off` (but for the logged port)"
+    SETTINGS = (
+        "1 worker process, `sendfile on`, `access_log off`; a second port with an access log "
+        "serves (d)'s no-op runs and (e)"
+    )
 
     def __init__(self, executable: str, root: Path, prefix: Path) -> None:
         self.executable = executable
@@ -539,12 +572,15 @@ class Client:
 
 
 class Archiver(Client):
-    """`pictory-archiver sync [FLAGS]` as shipped (sha256, fsync); counts from its --report."""
+    """`pictory-archiver sync [FLAGS]` as shipped (sha256, durable files), its package taken
+    from `code` (a copy made at the start, so that edits during the run cannot mix
+    versions); counts from its --report."""
 
     name = "archiver"
     executable = str(ARCHIVER)
 
-    def __init__(self, *flags: str) -> None:
+    def __init__(self, code: Path, *flags: str) -> None:
+        self.code = code
         self.flags = flags
 
     def argv(self, target: Target, dest: Path, workers: int, report: Path) -> list[str]:
@@ -557,6 +593,7 @@ class Archiver(Client):
             PICTORY_API_KEY=DEMO_API_KEY,
             PICTORY_API_URL=target.api.api_url,
             XDG_CONFIG_HOME=str(target.workdir / "xdg"),
+            PYTHONPATH=str(self.code),  # ahead of the editable install's finder
         )
 
     def fetched(self, dest: Path, report: Path) -> tuple[int, int]:
@@ -619,13 +656,17 @@ class Bench:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.scale = QUICK if args.quick else FULL
+        self.args_repeat: int | None = args.repeat
         self.repeat: int = args.repeat or self.scale.repeat
         self.workers: int = args.connections
         self.workdir = Path(tempfile.mkdtemp(prefix="pictory-bench-", dir=args.workdir))
         self.notes: list[str] = []
         ensure_tools(self.notes)
-        self.archiver = Archiver()
-        self.archiver_full = Archiver("--full")
+        code = self.workdir / "code"
+        shutil.copytree(ROOT / "archiver", code / "archiver", ignore=IGNORED)
+        self.archiver_version = archiver_version()
+        self.archiver = Archiver(code)
+        self.archiver_full = Archiver(code, "--full")
         if tool("time") is None:
             self.notes.append(
                 "Peak RSS is ru_maxrss from wait4(2): it includes the RSS the "
@@ -635,6 +676,17 @@ class Bench:
         self.nginx: Nginx | None = None
         self.corpora: dict[str, CorpusLibrary] = {}
         self.runs = 0
+        self.disk_speed = "not measured"
+
+    def probe_disk(self) -> None:
+        """Durable sequential write speed where DEST goes: the ceiling for a durable client."""
+        size = self.scale.disk_probe
+        speeds = sorted(disk_write_speed(self.workdir, size) for _ in range(3))
+        self.disk_speed = (
+            f"{speeds[1]:,.0f} MB/s (median of 3 probes: {', '.join(f'{v:,.0f}' for v in speeds)}; "
+            f"{size // MiB} MiB of random bytes, one stream, one fsync)"
+        )
+        say(f"disk: {self.disk_speed}")
 
     def start_cdn(self) -> None:
         """Start nginx over corpora/ (each corpus under /NAME), or note why not."""
@@ -772,12 +824,13 @@ class Bench:
         return measured
 
     async def compare(
-        self, target: Target, contenders: Sequence[Contender]
+        self, target: Target, contenders: Sequence[Contender], repeat: int | None = None
     ) -> dict[str, list[Measurement]]:
         """Every contender `repeat` times, interleaved so that drift hits all alike."""
+        repeat = repeat or self.repeat
         results: dict[str, list[Measurement]] = {label: [] for label, _, _ in contenders}
-        for round_no in range(1, self.repeat + 1):
-            say(f" round {round_no}/{self.repeat}")
+        for round_no in range(1, repeat + 1):
+            say(f" round {round_no}/{repeat}")
             for label, client, workers in contenders:
                 results[label].append(await self.run(client, target, workers=workers, label=label))
         return results
@@ -791,7 +844,8 @@ class Bench:
         sizes = self.scale.large
         library = self.corpus("large", len(sizes.videos), sizes)
         async with self.serve("large", library) as target:
-            results = await self.compare(target, self.contenders(self.workers))
+            repeat = self.args_repeat or self.scale.large_repeat
+            results = await self.compare(target, self.contenders(self.workers), repeat)
         section.lines += [
             f"{len(library.files())} files: {len(sizes.videos)} MP4s of "
             f"{min(sizes.videos) // MiB}–{max(sizes.videos) // MiB} MiB plus 3 small images "
@@ -1019,8 +1073,6 @@ def machine_rows(bench: Bench) -> list[tuple[str, str]]:
     memory = int(Path("/proc/meminfo").read_text().split()[1]) * KiB
     mount = output_of(["findmnt", "-no", "SOURCE,FSTYPE", "-T", str(bench.workdir.parent)])
     source, fstype = (mount or "? ?").split()[:2]
-    commit = output_of(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"]) or "?"
-    dirty = output_of(["git", "-C", str(ROOT), "status", "--porcelain", "archiver"])
     server = (
         f"nginx {bench.nginx.version} ({Nginx.SETTINGS}) for (a), (b), (d), (e); "
         "the fake server for (c)"
@@ -1035,10 +1087,8 @@ def machine_rows(bench: Bench) -> list[tuple[str, str]]:
         ("kernel", f"Linux {platform.release()}"),
         ("Python", platform.python_version()),
         ("aiohttp", importlib.metadata.version("aiohttp")),
-        (
-            "archiver",
-            f"{__version__} at {commit}" + (" (with uncommitted changes)" if dirty else ""),
-        ),
+        ("archiver", f"{bench.archiver_version} (copied at the start: every run used it)"),
+        ("disk: write + fsync", bench.disk_speed),
         ("CDN server", server),
         ("baselines", baselines or "none available"),
     ]
@@ -1049,10 +1099,12 @@ def method_lines(bench: Bench) -> list[str]:
     return [
         f"- Each client runs as a subprocess into an empty DEST; `sync` runs before each run. "
         f"archiver: `pictory-archiver sync --dest D --quiet --concurrency {n} --report R` (API "
-        "key and URL in the environment; sha256 of every file, fsync of every file and its "
-        f"folder, SQLite manifest). aria2c: `aria2c -x1 -s1 -j {n} -i urls.txt -d D "
+        "key and URL in the environment; a sha256 of every file, every file durable on disk "
+        "before the SQLite manifest records it). aria2c: `aria2c -x1 -s1 -j {n} -i urls.txt -d D "
         f"--file-allocation=none`. curl: `curl -Z --parallel-max {n} --fail --config urls.txt "
-        "--output-dir D`. Neither baseline hashes nor fsyncs.",
+        "--output-dir D`. Neither baseline hashes its files or makes them durable; the archiver "
+        "does both before it counts a file, so on (a) the disk's durable write speed (Machine) "
+        "bounds it and not them.",
         "- wall: spawn to exit (start-up, listing and the final commit included). CPU: user + "
         "sys of the client and the children it reaped, from wait4(2); peak RSS: `/usr/bin/time "
         "-f %M` around the client. "
@@ -1100,7 +1152,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="tiny workloads: a smoke check")
     parser.add_argument("--only", default="abcde", help="workloads to run, e.g. a,b (default all)")
     parser.add_argument("--repeat", type=int, help="rounds per workload (default 3; quick 1)")
-    parser.add_argument("--connections", type=int, default=8, help="for (a) (b) (d) (e)")
+    parser.add_argument(
+        "--connections", type=int, default=DEFAULT_CONNECTIONS, help="for (a) (b) (d) (e)"
+    )
     parser.add_argument("--workdir", help="where the corpus and DEST go (default: the temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the corpus and the logs")
     parser.add_argument(
@@ -1109,17 +1163,32 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.only = [key for key in args.only.replace(",", "") if key in WORKLOADS] or list(WORKLOADS)
     if args.output is None and not args.quick and len(args.only) == len(WORKLOADS):
-        args.output = ROOT / "BENCHMARKS.md"
+        args.output = ROOT / "BENCHMARKS.md"  # only a full run of everything replaces it
     return args
 
 
 async def run_workloads(bench: Bench, keys: Sequence[str]) -> list[Section]:
+    bench.probe_disk()
     bench.start_cdn()
     sections = []
     for key in keys:
         say(f"== {WORKLOADS[key].__doc__}")
         sections.append(await WORKLOADS[key](bench))
     return sections
+
+
+def shown_command(args: argparse.Namespace) -> str:
+    """How to run this again: `make bench` for the default full run, else the flags used."""
+    flags = ["--quick"] if args.quick else []
+    if "".join(args.only) != "".join(WORKLOADS):
+        flags.append("--only " + ",".join(args.only))
+    if args.repeat:
+        flags.append(f"--repeat {args.repeat}")
+    if args.connections != DEFAULT_CONNECTIONS:
+        flags.append(f"--connections {args.connections}")
+    if not flags:
+        return "make bench"
+    return " ".join([".venv/bin/python tests/bench_sync.py", *flags])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1138,12 +1207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     finally:
         bench.close(args.keep)
-    command = (
-        "make bench"
-        if args.output == ROOT / "BENCHMARKS.md"
-        else " ".join(["tests/bench_sync.py", *(argv if argv is not None else sys.argv[1:])])
-    )
-    report = render(bench, sections, command, (time.monotonic() - started) / 60)
+    report = render(bench, sections, shown_command(args), (time.monotonic() - started) / 60)
     say("\n" + report)
     if args.output is not None:
         args.output.write_text(report)
