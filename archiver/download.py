@@ -49,7 +49,9 @@ _HTML_START = re.compile(rb"^\s*(<!doctype|<html|<\?xml|<head|<body|<error)", re
 class AssetRequest:
     """What to fetch and where. `validator` is the ETag/Last-Modified an existing .part
     was started under; `known_size` is the size the archive recorded for the version
-    named `known_validator`, which the same version must have again."""
+    named `known_validator`, which the same version must have again. With `adopt_final`,
+    a file already under the final name is treated as the .part to resume (a download
+    that landed just before a crash): a Range request proves or completes it."""
 
     url: str
     path: Path
@@ -57,6 +59,7 @@ class AssetRequest:
     validator: str | None = None
     known_size: int | None = None
     known_validator: str | None = None
+    adopt_final: bool = False
 
 
 @dataclass(frozen=True)
@@ -194,11 +197,17 @@ class AssetDownloader:
         """
         host = urlsplit(request.url).netloc
         attempt = 0
+        started: list[str | None] = []
+
+        def start(validator: str | None) -> None:
+            started.append(validator)
+            on_validator(validator)
+
         while True:
             await self._throttle.wait(host)
-            started: list[str | None] = []
+            started.clear()
             try:
-                return await self._attempt(request, started.append)
+                return await self._attempt(request, start)
             except TransientAssetError as exc:
                 if attempt >= self._retry.attempts or not self._budget.take():
                     raise
@@ -209,13 +218,14 @@ class AssetDownloader:
                 attempt += 1
             finally:
                 if started:
-                    on_validator(started[-1])
                     request = replace(request, validator=started[-1])
 
     async def _attempt(
         self, request: AssetRequest, on_validator: Callable[[str | None], None]
     ) -> FetchedFile:
         part = part_path(request.path)
+        if request.adopt_final and request.validator and not part.exists():
+            await self._disk(request.path, _adopt, request.path, part)
         offset = _resumable_offset(part, request.validator)
         headers = {"Accept-Encoding": "identity"}
         if offset:
@@ -330,6 +340,11 @@ class AssetDownloader:
             return await asyncio.to_thread(func, *args, **kwargs)
         except OSError as exc:
             raise storage_error(exc, path) from None
+
+
+def _adopt(final: Path, part: Path) -> None:
+    if final.exists():
+        os.replace(final, part)
 
 
 def _resumable_offset(part: Path, validator: str | None) -> int:

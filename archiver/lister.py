@@ -146,8 +146,12 @@ class Lister:
                 )
 
     def _parse_page(self, raw_items: tuple[Any, ...]) -> list[Item]:
-        """Valid items not yet seen in this run; a listing that only repeats itself ends."""
+        """Valid items not yet considered in this run; a listing that only repeats ends.
+
+        Items count as seen only once considered: those past the frontier on the last
+        page must stay eligible for the retry of unfinished items."""
         items = []
+        on_page: set[str] = set()
         repeated = 0
         for raw in raw_items:
             try:
@@ -155,10 +159,10 @@ class Lister:
             except InvalidItemError as exc:
                 self._invalid(raw, exc.message)
                 continue
-            if item.id in self.seen:
+            if item.id in self.seen or item.id in on_page:
                 repeated += 1
                 continue
-            self.seen.add(item.id)
+            on_page.add(item.id)
             items.append(item)
         self.listed += len(raw_items)
         self.progress.listed(len(raw_items))
@@ -176,6 +180,7 @@ class Lister:
 
     async def _consider(self, item: Item, state: str | None) -> None:
         """Record a listed item and hand on whatever of it is not yet on disk."""
+        self.seen.add(item.id)
         self._awaiting.discard(item.id)
         item = self._refreshed.pop(item.id, item)
         folder = self.manifest.record_listed(

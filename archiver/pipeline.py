@@ -49,6 +49,7 @@ log = logging.getLogger("archiver")
 MAX_REFRESHES_PER_ASSET = 2
 CHECKPOINT_SECONDS = 1.0
 CHECKPOINT_FILES = 2000
+CHECKPOINT_BYTES = 32 << 20
 MAX_REFRESH_WALKS = 20
 
 
@@ -116,6 +117,7 @@ class Sync:
         self.unsynced: list[Callable[[], None]] = []
         self._last_checkpoint = time.monotonic()
         self._checkpointing = False
+        self._unsynced_bytes = 0
         self._refresh_lock = asyncio.Lock()
         self._refresh_walks = 0
 
@@ -159,17 +161,20 @@ class Sync:
         return summary
 
     async def _checkpoint(self) -> None:
-        """Group commit: once a second (or every CHECKPOINT_FILES files), make the files
-        written so far durable with one filesystem sync, then record them in the manifest.
-        The manifest never claims a file the disk might not have."""
-        due = len(self.unsynced) >= CHECKPOINT_FILES or (
-            time.monotonic() - self._last_checkpoint >= CHECKPOINT_SECONDS
+        """Group commit: once a second (or every CHECKPOINT_FILES files or CHECKPOINT_BYTES
+        bytes), make the files written so far durable with one filesystem sync, then record
+        them in the manifest. The manifest never claims a file the disk might not have;
+        a crash loses at most one checkpoint's worth of files, which are adopted again."""
+        due = (
+            len(self.unsynced) >= CHECKPOINT_FILES
+            or self._unsynced_bytes >= CHECKPOINT_BYTES
+            or time.monotonic() - self._last_checkpoint >= CHECKPOINT_SECONDS
         )
         if self._checkpointing or not (due or self.manifest.commit_due()):
             return
         self._checkpointing = True
         try:
-            count = len(self.unsynced)
+            count, self._unsynced_bytes = len(self.unsynced), 0
             if count:
                 await asyncio.to_thread(self.layout.flush_to_disk)
             batch, self.unsynced = self.unsynced[:count], self.unsynced[count:]
@@ -311,13 +316,17 @@ class Sync:
         kind, item_id = self.kind.name, tracker.item.id
         path = self.layout.asset_path(tracker.folder, asset)
         record = self.manifest.asset(kind, item_id, asset.role)
+        # a download in flight when a run was killed may have landed under its final name
+        # before the manifest heard of it: adopt it, to be checked with a Range request
+        adopt = record is not None and record.state == PARTIAL and path.exists()
         request = AssetRequest(
             url=asset.url,
             path=path,
             media=asset.media,
-            validator=record.etag if record and part_path(path).exists() else None,
+            validator=record.etag if record and (adopt or part_path(path).exists()) else None,
             known_size=record.size if record else None,
             known_validator=record.etag if record else None,
+            adopt_final=adopt,
         )
 
         def remember(validator: str | None) -> None:
@@ -372,6 +381,7 @@ class Sync:
         self.files += 1
         self.fetched_bytes += fetched.fetched_bytes
         self.progress.file_done(fetched.fetched_bytes)
+        self._unsynced_bytes += fetched.fetched_bytes
         self.unsynced.append(
             partial(
                 self.manifest.mark_asset,

@@ -356,7 +356,7 @@ def test_run_report_json_and_log_file_for_cron(
 ) -> None:
     broken = library.items[42]
     server.fail_asset(
-        library.asset_paths({"url": broken["url"]})[0], *[CdnFault("status", status=404)] * 3
+        library.asset_paths({"url": broken["url"]})[0], CdnFault("status", status=404)
     )
     report_file, log_file = tmp_path / "last.json", tmp_path / "cron.log"
     result = run_cli(

@@ -661,3 +661,35 @@ async def test_file_size_limit_mid_body_is_a_storage_error_and_stays_resumable(
     if kept:
         assert cdn_log(fake, cdn)[-1].header("Range") == f"bytes={len(kept)}-"
         assert got.fetched_bytes == len(data) - len(kept)
+
+
+async def test_a_final_file_landed_before_a_crash_is_adopted_not_refetched(
+    library: FakeLibrary, fake: FakePictory, tmp_path: Path
+) -> None:
+    cdn = cdn_path(library)
+    data, etag = data_of(library, cdn), etag_of(library, cdn)
+    target = tmp_path / "video.mp4"
+    target.write_bytes(data)
+    request = AssetRequest(fake.asset_url(cdn), target, "mp4", etag, adopt_final=True)
+    async with downloader() as assets:
+        got = await assets.fetch(request, lambda _: None)
+    assert_identical(got, target, library, cdn)
+    assert got.fetched_bytes == 0
+    (sent,) = cdn_log(fake, cdn)
+    assert sent.header("Range") == f"bytes={len(data)}-" and sent.header("If-Range") == etag
+
+
+async def test_an_adopted_file_of_an_old_version_is_replaced(
+    library: FakeLibrary, fake: FakePictory, tmp_path: Path
+) -> None:
+    cdn = cdn_path(library)
+    old = data_of(library, cdn)
+    old_etag = etag_of(library, cdn)
+    library.replace_asset(cdn, old[:4] + b"ftyp" + b"n" * 5000)
+    target = tmp_path / "video.mp4"
+    target.write_bytes(old)
+    request = AssetRequest(fake.asset_url(cdn), target, "mp4", old_etag, adopt_final=True)
+    async with downloader() as assets:
+        got = await assets.fetch(request, lambda _: None)
+    assert_identical(got, target, library, cdn)
+    assert got.fetched_bytes == len(data_of(library, cdn))

@@ -3,6 +3,7 @@ expiring URLs, pending retries and deletions, checked on disk byte for byte."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -300,3 +301,42 @@ async def test_queue_is_bounded_and_workers_are_limited(
     summary = await sync(small_fake, dest, queue_size=2)
     assert summary.exit_code == 0
     assert 1 < small_fake.cdn_max_active <= 4
+
+
+async def test_failed_item_on_the_first_page_is_retried_next_run(
+    small_fake: FakePictory, small_library: FakeLibrary, dest: Path
+) -> None:
+    raw = small_library.items[2]
+    path = mp4_path(small_library, raw)
+    small_fake.fail_asset(path, CdnFault("status", status=404))
+    assert (await sync(small_fake, dest)).exit_code == 1
+    small_fake.reset_log()
+    second = await sync(small_fake, dest)
+    assert second.exit_code == 0 and second.total_complete == 30
+    assert cdn_requests(small_fake) == [path]
+
+
+async def test_run_stopped_after_the_walk_connected_resumes_everything(
+    small_fake: FakePictory, small_library: FakeLibrary, dest: Path
+) -> None:
+    """The frontier moved (the whole listing was recorded) but downloads were cut short:
+    the next run's walk stops at once, and the unfinished items are still fetched."""
+    small_fake.cdn_delay = 0.05
+    task = asyncio.create_task(sync(small_fake, dest, queue_size=200))
+    manifest_path = dest / ".pictory-archiver" / "manifest.sqlite"
+    for _ in range(400):
+        await asyncio.sleep(0.01)
+        if manifest_path.exists():
+            with Manifest(manifest_path) as manifest:
+                if manifest.frontier("video") is not None:
+                    break
+    task.cancel()
+    first = await task
+    assert first.interrupted and first.total_complete < 30
+    small_fake.cdn_delay = 0
+    small_fake.reset_log()
+    second = await sync(small_fake, dest)
+    assert second.exit_code == 0 and second.total_complete == 30
+    assert small_fake.count("api") == 1
+    for raw in small_library.items:
+        assert_item_matches(dest, small_library, raw)
