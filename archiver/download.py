@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from archiver.errors import (
+    AssetError,
     ExpiredUrlError,
     PermanentAssetError,
     StorageError,
@@ -33,6 +34,7 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 CHUNK_SIZE = 1 << 20
+READ_BUFFER = 4 << 20
 PART_SUFFIX = ".part"
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 MAGIC_CHECKS: dict[str, Callable[[bytes], bool]] = {
@@ -122,16 +124,6 @@ class PartFile:
             self._handle.write(block)
             self._account(block)
 
-    def write_and_close(self, block: bytes) -> None:
-        """Keep the last bytes received before a failure, then close; errors are moot."""
-        try:
-            if block:
-                self.write(block)
-        except OSError:
-            pass
-        finally:
-            self.close()
-
     def close(self) -> None:
         """Close, waiting for a write still running in another thread (on cancel)."""
         with self._lock:
@@ -146,11 +138,7 @@ class PartFile:
             self._handle.close()
         os.replace(self.path, final)
         if durable:
-            fd = os.open(final.parent, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            _fsync_dir(final.parent)
 
 
 class AssetDownloader:
@@ -180,6 +168,7 @@ class AssetDownloader:
             cookie_jar=aiohttp.DummyCookieJar(),
             auto_decompress=False,
             trust_env=False,
+            read_bufsize=READ_BUFFER,
         )
         return self
 
@@ -270,7 +259,7 @@ class AssetDownloader:
         validator: str | None,
         where: str,
     ) -> FetchedFile:
-        writer = await self._disk(request.path, PartFile, part, offset)
+        writer: PartFile | None = None
         buffer: list[bytes] = []
         buffered = fetched = 0
         try:
@@ -278,13 +267,19 @@ class AssetDownloader:
                 buffer.append(block)
                 buffered += len(block)
                 if buffered >= CHUNK_SIZE:
+                    if writer is None:
+                        writer = await self._disk(request.path, PartFile, part, offset)
                     await self._disk(request.path, writer.write, b"".join(buffer))
                     fetched += buffered
                     buffer, buffered = [], 0
         except BaseException:
             # what arrived before the drop is a valid prefix: keep it for the resume
-            await asyncio.to_thread(writer.write_and_close, b"".join(buffer))
+            await asyncio.to_thread(keep_prefix, writer, part, offset, b"".join(buffer))
             raise
+        if writer is None and offset == 0:
+            return await self._land_whole(request, part, b"".join(buffer), total, validator, where)
+        if writer is None:
+            writer = await self._disk(request.path, PartFile, part, offset)
         if buffer:
             await self._disk(request.path, writer.write, b"".join(buffer))
             fetched += buffered
@@ -299,6 +294,25 @@ class AssetDownloader:
             await asyncio.to_thread(writer.close)
             raise
 
+    async def _land_whole(
+        self,
+        request: AssetRequest,
+        part: Path,
+        body: bytes,
+        total: int | None,
+        validator: str | None,
+        where: str,
+    ) -> FetchedFile:
+        """A body that fit in one buffer (most files of a library): prove it, then one trip
+        to a thread writes, hashes and renames it."""
+        if total is not None and len(body) != total:
+            raise TransientAssetError(f"{where} ended after {len(body)} of {total} bytes")
+        _prove(request, len(body), body[:16], validator, where)
+        digest = await self._disk(
+            request.path, write_whole, part, request.path, body, self._durable
+        )
+        return FetchedFile(request.path, len(body), digest, validator, len(body))
+
     async def _finish(
         self,
         request: AssetRequest,
@@ -312,18 +326,12 @@ class AssetDownloader:
         validator = validator or request.validator
         if writer is None:
             writer = await self._disk(request.path, PartFile, part, size)
-        same_version = validator is not None and validator == request.known_validator
-        if same_version and request.known_size is not None and size != request.known_size:
+        try:
+            _prove(request, size, writer.head, validator, where)
+        except AssetError:
             await asyncio.to_thread(writer.close)
             discard(part)
-            raise PermanentAssetError(
-                f"{where} is {size} bytes but the same version was {request.known_size} before"
-            )
-        problem = media_problem(writer.head, request.media)
-        if problem:
-            await asyncio.to_thread(writer.close)
-            discard(part)
-            raise TransientAssetError(f"{where} {problem}")
+            raise
         await self._disk(request.path, writer.finish, request.path, self._durable)
         return FetchedFile(
             path=request.path,
@@ -340,6 +348,55 @@ class AssetDownloader:
             return await asyncio.to_thread(func, *args, **kwargs)
         except OSError as exc:
             raise storage_error(exc, path) from None
+
+
+def keep_prefix(writer: PartFile | None, part: Path, offset: int, block: bytes) -> None:
+    """After a failure, keep the bytes that did arrive in the .part; errors here are moot."""
+    try:
+        if writer is None and block:
+            writer = PartFile(part, offset)
+        if writer is not None:
+            writer.write(block)
+    except OSError:
+        pass
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+def write_whole(part: Path, final: Path, data: bytes, durable: bool) -> str:
+    """Write a whole file via its .part name, rename it into place; return its sha256."""
+    with part.open("wb") as handle:
+        handle.write(data)
+        if durable:
+            handle.flush()
+            os.fsync(handle.fileno())
+    os.replace(part, final)
+    if durable:
+        _fsync_dir(final.parent)
+    return hashlib.sha256(data).hexdigest()
+
+
+def _prove(
+    request: AssetRequest, size: int, head: bytes, validator: str | None, where: str
+) -> None:
+    """The checks a file must pass before it may take its final name."""
+    same_version = validator is not None and validator == request.known_validator
+    if same_version and request.known_size is not None and size != request.known_size:
+        raise PermanentAssetError(
+            f"{where} is {size} bytes but the same version was {request.known_size} before"
+        )
+    problem = media_problem(head, request.media)
+    if problem:
+        raise TransientAssetError(f"{where} {problem}")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _adopt(final: Path, part: Path) -> None:

@@ -225,7 +225,7 @@ class Manifest:
     ) -> str:
         """Upsert a listed item (fresh URLs, last seen); return the folder it lives in."""
         now = utc_now()
-        self._execute(
+        row = self._execute(
             """INSERT INTO items (kind, id, created, folder, state, item_json, first_seen,
                                   last_seen, last_seen_run)
                VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?)
@@ -235,11 +235,11 @@ class Manifest:
                    folder=CASE WHEN state='invalid' THEN excluded.folder ELSE folder END,
                    created=CASE WHEN state='invalid' THEN excluded.created ELSE created END,
                    error=CASE WHEN state='invalid' THEN NULL ELSE error END,
-                   state=CASE WHEN state='invalid' THEN 'pending' ELSE state END""",
+                   state=CASE WHEN state='invalid' THEN 'pending' ELSE state END
+               RETURNING folder""",
             (kind, item_id, created, folder, item_json, now, now, run_id),
         )
         self._changed()
-        row = self._execute("SELECT folder FROM items WHERE kind=? AND id=?", (kind, item_id))
         return str(row.fetchone()[0])
 
     def record_invalid(self, kind: str, item_id: str, item_json: str, reason: str) -> None:
@@ -254,6 +254,13 @@ class Manifest:
             (kind, item_id, item_json, now, now, reason),
         )
         self._changed()
+
+    def assets_of(self, kind: str, item_id: str) -> dict[str, AssetRecord]:
+        """Every asset the manifest knows of one item, by role."""
+        rows = self._execute(
+            "SELECT * FROM assets WHERE kind=? AND item_id=?", (kind, item_id)
+        ).fetchall()
+        return {record.role: record for record in (AssetRecord(*row) for row in rows)}
 
     def asset(self, kind: str, item_id: str, role: str) -> AssetRecord | None:
         row = self._execute(

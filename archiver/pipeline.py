@@ -32,7 +32,7 @@ from archiver.errors import (
 )
 from archiver.layout import ArchiveLayout, write_atomic
 from archiver.lister import Lister, utc_now
-from archiver.manifest import COMPLETE, FAILED, FETCHED, PARTIAL, Manifest
+from archiver.manifest import COMPLETE, FAILED, FETCHED, PARTIAL, AssetRecord, Manifest
 from archiver.models import (
     VIDEO,
     Asset,
@@ -83,6 +83,8 @@ class ItemTracker:
     folder: str
     remaining: int
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    records: dict[str, AssetRecord] = field(default_factory=dict)
+    validators: dict[str, str | None] = field(default_factory=dict)
     errors: list[tuple[str, str]] = field(default_factory=list)
     fetched_files: int = 0
     fetched_bytes: int = 0
@@ -254,10 +256,14 @@ class Sync:
         """Queue the assets not yet safely on disk; finish at once if there are none."""
         todo: list[Asset] = []
         done: dict[str, dict[str, Any]] = {}
+        records = self.manifest.assets_of(self.kind.name, item.id)
         for asset in item.assets:
-            record = self.manifest.asset(self.kind.name, item.id, asset.role)
-            path = self.layout.asset_path(folder, asset)
-            if record and record.state in (COMPLETE, FETCHED) and _has_size(path, record.size):
+            record = records.get(asset.role)
+            if (
+                record is not None
+                and record.state in (COMPLETE, FETCHED)
+                and _has_size(self.layout.asset_path(folder, asset), record.size)
+            ):
                 done[asset.role] = _file_entry(asset, record.size or 0, record.sha256 or "")
             else:
                 todo.append(asset)
@@ -267,7 +273,7 @@ class Sync:
             log.info("re-fetching missing or damaged files of %s", folder)
             self.manifest.mark_pending(self.kind.name, item.id, "files missing on disk")
         await asyncio.to_thread(self.layout.make_folder, folder)
-        tracker = ItemTracker(item, folder, remaining=len(todo), files=done)
+        tracker = ItemTracker(item, folder, remaining=len(todo), files=done, records=records)
         self.progress.queued(1, len(todo))
         if not todo:
             await self._finish_item(tracker)
@@ -315,7 +321,8 @@ class Sync:
         assert self.downloader is not None
         kind, item_id = self.kind.name, tracker.item.id
         path = self.layout.asset_path(tracker.folder, asset)
-        record = self.manifest.asset(kind, item_id, asset.role)
+        record = tracker.records.get(asset.role)
+        validator = tracker.validators.get(asset.role, record.etag if record else None)
         # a download in flight when a run was killed may have landed under its final name
         # before the manifest heard of it: adopt it, to be checked with a Range request
         adopt = record is not None and record.state == PARTIAL and path.exists()
@@ -323,13 +330,14 @@ class Sync:
             url=asset.url,
             path=path,
             media=asset.media,
-            validator=record.etag if record and (adopt or part_path(path).exists()) else None,
+            validator=validator if validator and (adopt or part_path(path).exists()) else None,
             known_size=record.size if record else None,
             known_validator=record.etag if record else None,
             adopt_final=adopt,
         )
 
         def remember(validator: str | None) -> None:
+            tracker.validators[asset.role] = validator
             self.manifest.mark_asset(
                 kind,
                 item_id,
@@ -382,37 +390,31 @@ class Sync:
         self.fetched_bytes += fetched.fetched_bytes
         self.progress.file_done(fetched.fetched_bytes)
         self._unsynced_bytes += fetched.fetched_bytes
-        self.unsynced.append(
-            partial(
-                self.manifest.mark_asset,
-                self.kind.name,
-                tracker.item.id,
-                asset.role,
-                url=strip_query(asset.url),
-                path=f"{tracker.folder}/{asset.filename}",
-                state=FETCHED,
-                size=fetched.size,
-                sha256=fetched.sha256,
-                etag=fetched.validator,
-            )
-        )
 
     def _record_complete(self, tracker: ItemTracker) -> None:
         """The item and its files, complete in the manifest in one go (after the sync)."""
-        item = tracker.item
-        for asset in item.assets:
-            entry = tracker.files[asset.role]
+        self._record_files(tracker, COMPLETE)
+        self.manifest.mark_complete(self.kind.name, tracker.item.id)
+
+    def _record_landed(self, tracker: ItemTracker) -> None:
+        """A failed item's files that did land: the retry need not fetch them again."""
+        self._record_files(tracker, FETCHED)
+
+    def _record_files(self, tracker: ItemTracker, state: str) -> None:
+        for asset in tracker.item.assets:
+            entry = tracker.files.get(asset.role)
+            if entry is None:
+                continue
             self.manifest.mark_asset(
                 self.kind.name,
-                item.id,
+                tracker.item.id,
                 asset.role,
                 url=entry["source_url"],
                 path=f"{tracker.folder}/{asset.filename}",
-                state=COMPLETE,
+                state=state,
                 size=entry["size"],
                 sha256=entry["sha256"],
             )
-        self.manifest.mark_complete(self.kind.name, item.id)
 
     async def _finish_item(self, tracker: ItemTracker) -> None:
         """All assets are in: write metadata.json, then mark everything complete at once."""
@@ -423,6 +425,7 @@ class Sync:
             failure = Failure(item.id, reason, role)
             self.failures.append(failure)
             self.manifest.mark_failed(kind, item.id, f"{role}: {reason}")
+            self.unsynced.append(partial(self._record_landed, tracker))
             log.error("failed %s: %s: %s", tracker.folder, role, reason)
         else:
             archive = {
