@@ -2,6 +2,8 @@
 
 The session here never carries credentials. A file appears under its final name
 only when its length, its media type and (when known) its size have been checked.
+Durability is not done here file by file: the pipeline syncs the filesystem once per
+group of files before the manifest may claim them (group commit).
 """
 
 from __future__ import annotations
@@ -129,16 +131,10 @@ class PartFile:
         with self._lock:
             self._handle.close()
 
-    def finish(self, final: Path, durable: bool) -> None:
-        """Flush, fsync when asked, and move into place atomically."""
-        with self._lock:
-            self._handle.flush()
-            if durable:
-                os.fsync(self._handle.fileno())
-            self._handle.close()
+    def finish(self, final: Path) -> None:
+        """Close and move into place atomically (durability is the caller's group commit)."""
+        self.close()
         os.replace(self.path, final)
-        if durable:
-            _fsync_dir(final.parent)
 
 
 class AssetDownloader:
@@ -151,13 +147,11 @@ class AssetDownloader:
         retry: RetryPolicy | None = None,
         budget: RetryBudget | None = None,
         connections: int = 16,
-        durable: bool = True,
     ) -> None:
         self._timeout = aiohttp.ClientTimeout(total=None, connect=timeout, sock_read=timeout)
         self._retry = retry or RetryPolicy()
         self._budget = budget or RetryBudget()
         self._connections = connections
-        self._durable = durable
         self._throttle = HostThrottle()
         self._session: aiohttp.ClientSession | None = None
 
@@ -308,9 +302,7 @@ class AssetDownloader:
         if total is not None and len(body) != total:
             raise TransientAssetError(f"{where} ended after {len(body)} of {total} bytes")
         _prove(request, len(body), body[:16], validator, where)
-        digest = await self._disk(
-            request.path, write_whole, part, request.path, body, self._durable
-        )
+        digest = await self._disk(request.path, write_whole, part, request.path, body)
         return FetchedFile(request.path, len(body), digest, validator, len(body))
 
     async def _finish(
@@ -332,7 +324,7 @@ class AssetDownloader:
             await asyncio.to_thread(writer.close)
             discard(part)
             raise
-        await self._disk(request.path, writer.finish, request.path, self._durable)
+        await self._disk(request.path, writer.finish, request.path)
         return FetchedFile(
             path=request.path,
             size=size,
@@ -364,16 +356,11 @@ def keep_prefix(writer: PartFile | None, part: Path, offset: int, block: bytes) 
             writer.close()
 
 
-def write_whole(part: Path, final: Path, data: bytes, durable: bool) -> str:
+def write_whole(part: Path, final: Path, data: bytes) -> str:
     """Write a whole file via its .part name, rename it into place; return its sha256."""
     with part.open("wb") as handle:
         handle.write(data)
-        if durable:
-            handle.flush()
-            os.fsync(handle.fileno())
     os.replace(part, final)
-    if durable:
-        _fsync_dir(final.parent)
     return hashlib.sha256(data).hexdigest()
 
 
@@ -389,14 +376,6 @@ def _prove(
     problem = media_problem(head, request.media)
     if problem:
         raise TransientAssetError(f"{where} {problem}")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _adopt(final: Path, part: Path) -> None:

@@ -226,7 +226,6 @@ class Sync:
                 retry=retry,
                 budget=RetryBudget(max(100, 20 * options.concurrency)),
                 connections=options.concurrency,
-                durable=False,
             ) as downloader,
         ):
             self.client, self.downloader = client, downloader
