@@ -311,10 +311,10 @@ def version(executable: str) -> str:
 
 
 def archiver_version() -> str:
-    """The archiver's version and commit, flagging uncommitted changes to it."""
-    commit = output_of(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"]) or "?"
+    """The archiver's version and last commit, flagging uncommitted changes to it."""
+    commit = output_of(["git", "-C", str(ROOT), "log", "-1", "--format=%h", "--", "archiver"])
     dirty = output_of(["git", "-C", str(ROOT), "status", "--porcelain", "archiver"])
-    return f"{__version__} at {commit}" + (" with uncommitted changes" if dirty else "")
+    return f"{__version__} at {commit or '?'}" + (" with uncommitted changes" if dirty else "")
 
 
 def disk_write_speed(folder: Path, size: int) -> float:
@@ -1100,7 +1100,7 @@ def method_lines(bench: Bench) -> list[str]:
         f"- Each client runs as a subprocess into an empty DEST; `sync` runs before each run. "
         f"archiver: `pictory-archiver sync --dest D --quiet --concurrency {n} --report R` (API "
         "key and URL in the environment; a sha256 of every file, every file durable on disk "
-        "before the SQLite manifest records it). aria2c: `aria2c -x1 -s1 -j {n} -i urls.txt -d D "
+        f"before the SQLite manifest records it). aria2c: `aria2c -x1 -s1 -j {n} -i urls.txt -d D "
         f"--file-allocation=none`. curl: `curl -Z --parallel-max {n} --fail --config urls.txt "
         "--output-dir D`. Neither baseline hashes its files or makes them durable; the archiver "
         "does both before it counts a file, so on (a) the disk's durable write speed (Machine) "
