@@ -677,6 +677,15 @@ class Bench:
         self.corpora: dict[str, CorpusLibrary] = {}
         self.runs = 0
         self.disk_speed = "not measured"
+        self.live: dict[int, subprocess.Popen[bytes]] = {}
+
+    def abort(self, signum: int, _frame: object) -> None:
+        """On ^C or SIGTERM: kill the clients running now (the fake CDN they may be waiting
+        on lives in this process), then unwind, which stops nginx and removes the corpus."""
+        for pid in self.live:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+        raise SystemExit(128 + signum)
 
     def probe_disk(self) -> None:
         """Durable sequential write speed where DEST goes: the ceiling for a durable client."""
@@ -764,13 +773,20 @@ class Bench:
         server_cpu, started = target.server_cpu(), time.perf_counter()
         with report.with_suffix(".log").open("wb") as log:
             proc = subprocess.Popen(
-                argv, stdout=log, stderr=subprocess.STDOUT, env=client.env(target), cwd=dest
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=client.env(target),
+                cwd=dest,
+                start_new_session=True,  # a process group `abort` can kill
             )
+        self.live[proc.pid] = proc
         return Running(label, client, dest, report, proc, started, server_cpu, timer is not None)
 
     async def reap(self, running: Running, target: Target, *, killed: bool = False) -> Measurement:
         """Wait for a client; its CPU and peak RSS come from wait4(2), reaped children included."""
         _, status, usage = await asyncio.to_thread(os.wait4, running.proc.pid, 0)
+        self.live.pop(running.proc.pid)
         wall = time.perf_counter() - running.started
         running.proc.returncode = code = os.waitstatus_to_exitcode(status)
         files = nbytes = 0
@@ -1195,6 +1211,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.monotonic()
     bench = Bench(args)
+    signal.signal(signal.SIGINT, bench.abort)
+    signal.signal(signal.SIGTERM, bench.abort)
     free = shutil.disk_usage(bench.workdir).free
     if not args.quick and free < MIN_FREE_BYTES:
         bench.close(keep=False)
