@@ -43,6 +43,7 @@ class ArchiveLayout:
     def __init__(self, dest: Path, folder_template: str) -> None:
         self.dest = dest.absolute()
         self.template = folder_template
+        self._root = self.dest.resolve()
 
     @property
     def state_dir(self) -> Path:
@@ -77,16 +78,18 @@ class ArchiveLayout:
         return folder
 
     def resolve(self, relative: str) -> Path:
-        """DEST/relative, refusing anything that would land outside DEST."""
+        """DEST/relative, refusing anything that would land outside DEST (symlinks too)."""
         path = (self.dest / relative).resolve()
-        if path != self.dest.resolve() and self.dest.resolve() not in path.parents:
+        if path != self._root and self._root not in path.parents:
             raise StorageError(f"refusing a path outside DEST: {relative[:80]!r}")
         return path
 
     def asset_path(self, folder: str, asset: Asset) -> Path:
+        """A file in an item folder that `item_folder` already checked: the name alone
+        must be safe, so no second walk of the path is needed (this runs per file)."""
         if safe_component(asset.filename) != asset.filename:
             raise StorageError(f"unsafe asset file name {asset.filename!r}")
-        return self.resolve(f"{folder}/{asset.filename}")
+        return self.dest / folder / asset.filename
 
     def prepare(self) -> None:
         """Create DEST and its state folder, or explain why not."""
