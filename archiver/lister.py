@@ -56,7 +56,6 @@ class Lister:
         self.failures: list[Failure] = []
         self.listed = 0
         self.listing_error: str | None = None
-        self.seen: set[str] = set()
         self._awaiting: set[str] = set()
         self._refreshed: dict[str, Item] = {}
         self._repeating_pages = 0
@@ -148,25 +147,23 @@ class Lister:
     def _parse_page(self, raw_items: tuple[Any, ...]) -> list[Item]:
         """Valid items not yet considered in this run; a listing that only repeats ends.
 
-        Items count as seen only once considered: those past the frontier on the last
-        page must stay eligible for the retry of unfinished items."""
-        items = []
-        on_page: set[str] = set()
-        repeated = 0
+        The manifest, not memory, knows what this run has considered (memory stays flat
+        however long the listing); items past the frontier on the last page are not
+        considered, so they stay eligible for the retry of unfinished items."""
+        valid: dict[str, Item] = {}
         for raw in raw_items:
             try:
                 item = parse_item(raw, self.kind)
             except InvalidItemError as exc:
                 self._invalid(raw, exc.message)
                 continue
-            if item.id in self.seen or item.id in on_page:
-                repeated += 1
-                continue
-            on_page.add(item.id)
-            items.append(item)
+            valid.setdefault(item.id, item)
+        considered = self.manifest.listed_in_run(self.kind.name, valid, self.run_id)
+        items = [item for item_id, item in valid.items() if item_id not in considered]
         self.listed += len(raw_items)
         self.progress.listed(len(raw_items))
-        self._repeating_pages = self._repeating_pages + 1 if repeated == len(raw_items) > 0 else 0
+        repeats_only = bool(raw_items) and not items and len(considered) > 0
+        self._repeating_pages = self._repeating_pages + 1 if repeats_only else 0
         if self._repeating_pages >= 2:
             raise ApiError("the listing keeps repeating items it already sent: stopping it")
         return items
@@ -180,7 +177,6 @@ class Lister:
 
     async def _consider(self, item: Item, state: str | None) -> None:
         """Record a listed item and hand on whatever of it is not yet on disk."""
-        self.seen.add(item.id)
         self._awaiting.discard(item.id)
         item = self._refreshed.pop(item.id, item)
         folder = self.manifest.record_listed(
@@ -198,13 +194,12 @@ class Lister:
     async def _admit_unfinished(self, only_ids: frozenset[str] | None) -> None:
         """Items left pending or failed by earlier runs and not listed this time."""
         for record in self.manifest.unfinished(self.kind.name, self.run_id):
-            if record.id in self.seen or (only_ids is not None and record.id not in only_ids):
+            if only_ids is not None and record.id not in only_ids:
                 continue
             try:
                 item = parse_item(json.loads(record.item_json), self.kind)
             except (InvalidItemError, ValueError):
                 continue
-            self.seen.add(item.id)
             await self.admit(item, record.folder, False)
 
 

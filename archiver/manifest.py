@@ -220,6 +220,18 @@ class Manifest:
         )
         return dict(rows.fetchall())
 
+    def listed_in_run(self, kind: str, ids: Iterable[str], run_id: int) -> set[str]:
+        """Which of `ids` this run has recorded already (so the run need not remember)."""
+        ids = list(ids)
+        if not ids:
+            return set()
+        marks = ",".join("?" * len(ids))
+        rows = self._execute(
+            f"SELECT id FROM items WHERE kind=? AND last_seen_run=? AND id IN ({marks})",
+            (kind, run_id, *ids),
+        )
+        return {row[0] for row in rows.fetchall()}
+
     def record_listed(
         self, kind: str, item_id: str, created: str, folder: str, item_json: str, run_id: int
     ) -> str:
@@ -326,15 +338,26 @@ class Manifest:
         )
         self._changed()
 
-    def unfinished(self, kind: str, not_seen_in_run: int) -> Iterator[ItemRecord]:
-        """Pending or failed items not listed by this run: retried from their stored JSON."""
-        rows = self._execute(
-            """SELECT kind, id, created, folder, state, item_json, error, deleted_upstream
-               FROM items WHERE kind=? AND state IN ('pending', 'failed')
-               AND coalesce(last_seen_run, -1) != ? ORDER BY created DESC""",
-            (kind, not_seen_in_run),
-        ).fetchall()
-        return (ItemRecord(*row) for row in rows)
+    def unfinished(
+        self, kind: str, not_seen_in_run: int, batch: int = 200
+    ) -> Iterator[ItemRecord]:
+        """Pending or failed items not listed by this run, newest first, to be retried from
+        their stored JSON. Read a batch at a time (keyset paging): memory stays flat and no
+        statement stays open while the caller writes."""
+        after = ("\uffff", "")
+        while True:
+            rows = self._execute(
+                """SELECT kind, id, created, folder, state, item_json, error, deleted_upstream
+                   FROM items WHERE kind=? AND state IN ('pending', 'failed')
+                   AND coalesce(last_seen_run, -1) != ?
+                   AND (created < ? OR (created = ? AND id > ?))
+                   ORDER BY created DESC, id LIMIT ?""",
+                (kind, not_seen_in_run, after[0], after[0], after[1], batch),
+            ).fetchall()
+            yield from (ItemRecord(*row) for row in rows)
+            if len(rows) < batch:
+                return
+            after = (rows[-1][2], rows[-1][1])
 
     def item(self, kind: str, item_id: str) -> ItemRecord | None:
         row = self._execute(

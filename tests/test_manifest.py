@@ -394,3 +394,26 @@ def test_only_committed_changes_survive_a_crash(path: Path) -> None:
     )
     with Manifest(path) as reopened:
         assert reopened.states(V, ["committed", "uncommitted"]) == {"committed": PENDING}
+
+
+def test_unfinished_pages_through_many_items_in_order_while_the_caller_writes(
+    manifest: Manifest,
+) -> None:
+    for number in range(25):
+        same_second = "2026-04-09T18:00:00.000Z" if number % 5 == 0 else ""
+        listed(manifest, f"u{number:02d}", 1, created=same_second)
+    seen = []
+    for record in manifest.unfinished(V, 2, batch=4):
+        seen.append(record.id)
+        manifest.mark_complete(V, record.id)
+    assert sorted(seen) == sorted(f"u{n:02d}" for n in range(25))
+    assert len(seen) == 25
+    created = [manifest.item(V, item_id).created for item_id in seen]  # type: ignore[union-attr]
+    assert created == sorted(created, reverse=True)
+
+
+def test_listed_in_run_names_what_this_run_recorded(manifest: Manifest) -> None:
+    listed(manifest, "a1", 1)
+    listed(manifest, "b2", 2)
+    assert manifest.listed_in_run(V, ["a1", "b2", "zz"], 2) == {"b2"}
+    assert manifest.listed_in_run(V, [], 2) == set()
