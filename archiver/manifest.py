@@ -338,9 +338,7 @@ class Manifest:
         )
         self._changed()
 
-    def unfinished(
-        self, kind: str, not_seen_in_run: int, batch: int = 200
-    ) -> Iterator[ItemRecord]:
+    def unfinished(self, kind: str, not_seen_in_run: int, batch: int = 200) -> Iterator[ItemRecord]:
         """Pending or failed items not listed by this run, newest first, to be retried from
         their stored JSON. Read a batch at a time (keyset paging): memory stays flat and no
         statement stays open while the caller writes."""
