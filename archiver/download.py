@@ -37,6 +37,7 @@ T = TypeVar("T")
 
 CHUNK_SIZE = 1 << 20
 READ_BUFFER = 4 << 20
+VALIDATOR_XATTR = "user.pictory-archiver.validator"
 PART_SUFFIX = ".part"
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 MAGIC_CHECKS: dict[str, Callable[[bytes], bool]] = {
@@ -55,7 +56,8 @@ class AssetRequest:
     was started under; `known_size` is the size the archive recorded for the version
     named `known_validator`, which the same version must have again. With `adopt_final`,
     a file already under the final name is treated as the .part to resume (a download
-    that landed just before a crash): a Range request proves or completes it."""
+    that landed just before a crash): a Range request proves or completes it. Without a
+    `validator`, the one kept on the file itself (xattr) is used."""
 
     url: str
     path: Path
@@ -99,7 +101,7 @@ def storage_error(exc: OSError, path: Path) -> StorageError:
 class PartFile:
     """A .part file being appended to, hashed as it grows; blocking, run in a thread."""
 
-    def __init__(self, path: Path, offset: int) -> None:
+    def __init__(self, path: Path, offset: int, validator: str | None = None) -> None:
         self.path = path
         self.hasher = hashlib.sha256()
         self.size = 0
@@ -113,6 +115,8 @@ class PartFile:
         self._handle: BinaryIO = path.open("r+b" if offset else "wb")
         self._handle.seek(offset)
         self._handle.truncate()
+        if not offset:
+            tag_validator(self._handle.fileno(), validator)
         self._lock = threading.Lock()
 
     def _account(self, block: bytes) -> None:
@@ -207,8 +211,13 @@ class AssetDownloader:
         self, request: AssetRequest, on_validator: Callable[[str | None], None]
     ) -> FetchedFile:
         part = part_path(request.path)
-        if request.adopt_final and request.validator and not part.exists():
-            await self._disk(request.path, _adopt, request.path, part)
+        if request.adopt_final and not part.exists() and request.path.exists():
+            validator = request.validator or read_validator(request.path)
+            if validator:
+                await self._disk(request.path, os.replace, request.path, part)
+                request = replace(request, validator=validator)
+        if request.validator is None and part.exists():
+            request = replace(request, validator=read_validator(part))
         offset = _resumable_offset(part, request.validator)
         headers = {"Accept-Encoding": "identity"}
         if offset:
@@ -262,18 +271,18 @@ class AssetDownloader:
                 buffered += len(block)
                 if buffered >= CHUNK_SIZE:
                     if writer is None:
-                        writer = await self._disk(request.path, PartFile, part, offset)
+                        writer = await self._disk(request.path, PartFile, part, offset, validator)
                     await self._disk(request.path, writer.write, b"".join(buffer))
                     fetched += buffered
                     buffer, buffered = [], 0
         except BaseException:
             # what arrived before the drop is a valid prefix: keep it for the resume
-            await asyncio.to_thread(keep_prefix, writer, part, offset, b"".join(buffer))
+            await asyncio.to_thread(keep_prefix, writer, part, offset, b"".join(buffer), validator)
             raise
         if writer is None and offset == 0:
             return await self._land_whole(request, part, b"".join(buffer), total, validator, where)
         if writer is None:
-            writer = await self._disk(request.path, PartFile, part, offset)
+            writer = await self._disk(request.path, PartFile, part, offset, validator)
         if buffer:
             await self._disk(request.path, writer.write, b"".join(buffer))
             fetched += buffered
@@ -302,7 +311,7 @@ class AssetDownloader:
         if total is not None and len(body) != total:
             raise TransientAssetError(f"{where} ended after {len(body)} of {total} bytes")
         _prove(request, len(body), body[:16], validator, where)
-        digest = await self._disk(request.path, write_whole, part, request.path, body)
+        digest = await self._disk(request.path, write_whole, part, request.path, body, validator)
         return FetchedFile(request.path, len(body), digest, validator, len(body))
 
     async def _finish(
@@ -342,11 +351,13 @@ class AssetDownloader:
             raise storage_error(exc, path) from None
 
 
-def keep_prefix(writer: PartFile | None, part: Path, offset: int, block: bytes) -> None:
+def keep_prefix(
+    writer: PartFile | None, part: Path, offset: int, block: bytes, validator: str | None
+) -> None:
     """After a failure, keep the bytes that did arrive in the .part; errors here are moot."""
     try:
         if writer is None and block:
-            writer = PartFile(part, offset)
+            writer = PartFile(part, offset, validator)
         if writer is not None:
             writer.write(block)
     except OSError:
@@ -356,9 +367,10 @@ def keep_prefix(writer: PartFile | None, part: Path, offset: int, block: bytes) 
             writer.close()
 
 
-def write_whole(part: Path, final: Path, data: bytes) -> str:
+def write_whole(part: Path, final: Path, data: bytes, validator: str | None) -> str:
     """Write a whole file via its .part name, rename it into place; return its sha256."""
     with part.open("wb") as handle:
+        tag_validator(handle.fileno(), validator)
         handle.write(data)
     os.replace(part, final)
     return hashlib.sha256(data).hexdigest()
@@ -378,9 +390,22 @@ def _prove(
         raise TransientAssetError(f"{where} {problem}")
 
 
-def _adopt(final: Path, part: Path) -> None:
-    if final.exists():
-        os.replace(final, part)
+def tag_validator(fd: int, validator: str | None) -> None:
+    """Keep the validator on the file itself (an extended attribute, which the rename
+    carries along), so a crash before the manifest heard of it still allows a resume;
+    best effort: a filesystem without xattrs falls back to the manifest alone."""
+    if validator:
+        try:
+            os.setxattr(fd, VALIDATOR_XATTR, validator.encode("utf-8", "replace"))
+        except OSError:
+            pass
+
+
+def read_validator(path: Path) -> str | None:
+    try:
+        return os.getxattr(path, VALIDATOR_XATTR).decode("utf-8", "replace") or None
+    except OSError:
+        return None
 
 
 def _resumable_offset(part: Path, validator: str | None) -> int:

@@ -324,7 +324,7 @@ class Sync:
         validator = tracker.validators.get(asset.role, record.etag if record else None)
         # a download in flight when a run was killed may have landed under its final name
         # before the manifest heard of it: adopt it, to be checked with a Range request
-        adopt = record is not None and record.state == PARTIAL and path.exists()
+        adopt = (record is None or record.state == PARTIAL) and path.exists()
         request = AssetRequest(
             url=asset.url,
             path=path,

@@ -15,7 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from archiver.download import AssetDownloader, AssetRequest, FetchedFile, part_path
+from archiver.download import (
+    AssetDownloader,
+    AssetRequest,
+    FetchedFile,
+    part_path,
+    read_validator,
+)
 from archiver.errors import (
     AssetError,
     ExpiredUrlError,
@@ -693,3 +699,24 @@ async def test_an_adopted_file_of_an_old_version_is_replaced(
         got = await assets.fetch(request, lambda _: None)
     assert_identical(got, target, library, cdn)
     assert got.fetched_bytes == len(data_of(library, cdn))
+
+
+async def test_a_file_that_carries_its_validator_is_adopted_without_the_manifest(
+    library: FakeLibrary, fake: FakePictory, tmp_path: Path
+) -> None:
+    """A crash after the rename but before any manifest commit: the validator travels on
+    the file itself (xattr), so the resume proves the file with one empty Range request."""
+    cdn = cdn_path(library)
+    data, etag = data_of(library, cdn), etag_of(library, cdn)
+    target = tmp_path / "video.mp4"
+    first = await fetch(fake, cdn, target)
+    assert read_validator(target) == etag
+    assert first.fetched_bytes == len(data)
+    fake.reset_log()
+    request = AssetRequest(fake.asset_url(cdn), target, "mp4", adopt_final=True)
+    async with downloader() as assets:
+        got = await assets.fetch(request, lambda _: None)
+    assert_identical(got, target, library, cdn)
+    assert got.fetched_bytes == 0
+    (sent,) = cdn_log(fake, cdn)
+    assert sent.header("Range") == f"bytes={len(data)}-" and sent.header("If-Range") == etag
