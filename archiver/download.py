@@ -57,7 +57,8 @@ class AssetRequest:
     named `known_validator`, which the same version must have again. With `adopt_final`,
     a file already under the final name is treated as the .part to resume (a download
     that landed just before a crash): a Range request proves or completes it. Without a
-    `validator`, the one kept on the file itself (xattr) is used."""
+    `validator`, the one kept on the file itself (xattr) is used. `may_resume=False`
+    promises no earlier file can exist (a new folder): no need to look."""
 
     url: str
     path: Path
@@ -66,6 +67,7 @@ class AssetRequest:
     known_size: int | None = None
     known_validator: str | None = None
     adopt_final: bool = False
+    may_resume: bool = True
 
 
 @dataclass(frozen=True)
@@ -211,14 +213,16 @@ class AssetDownloader:
         self, request: AssetRequest, on_validator: Callable[[str | None], None]
     ) -> FetchedFile:
         part = part_path(request.path)
-        if request.adopt_final and not part.exists() and request.path.exists():
-            validator = request.validator or read_validator(request.path)
-            if validator:
-                await self._disk(request.path, os.replace, request.path, part)
-                request = replace(request, validator=validator)
-        if request.validator is None and part.exists():
-            request = replace(request, validator=read_validator(part))
-        offset = _resumable_offset(part, request.validator)
+        offset = 0
+        if request.may_resume:
+            if request.adopt_final and not part.exists() and request.path.exists():
+                validator = request.validator or read_validator(request.path)
+                if validator:
+                    await self._disk(request.path, os.replace, request.path, part)
+                    request = replace(request, validator=validator)
+            if request.validator is None and part.exists():
+                request = replace(request, validator=read_validator(part))
+            offset = _resumable_offset(part, request.validator)
         headers = {"Accept-Encoding": "identity"}
         if offset:
             headers["Range"] = f"bytes={offset}-"

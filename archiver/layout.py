@@ -62,7 +62,10 @@ class ArchiveLayout:
         return self.state_dir / "runs"
 
     def item_folder(self, item: Item) -> str:
-        """The item's folder relative to DEST, e.g. videos/2026/04/2026-04-09_185147_<id>."""
+        """The item's folder relative to DEST, e.g. videos/2026/04/2026-04-09_185147_<id>.
+
+        Checked lexically here (every part is a safe name); `make_folder` resolves it
+        against symlinks before anything is written."""
         when = item.created
         relative = self.template.format(
             year=f"{when.year:04d}",
@@ -74,7 +77,8 @@ class ArchiveLayout:
             kind=item.kind.name,
         )
         folder = f"{item.kind.folder}/{relative}"
-        self.resolve(folder)
+        if any(part in ("", ".", "..") for part in folder.split("/")):
+            raise StorageError(f"refusing a folder outside DEST: {folder[:80]!r}")
         return folder
 
     def resolve(self, relative: str) -> Path:
@@ -98,16 +102,25 @@ class ArchiveLayout:
         except OSError as exc:
             raise StorageError(f"cannot create {self.state_dir}: {exc.strerror}") from None
 
-    def make_folder(self, folder: str) -> Path:
-        """Create an item's folder, dropping sidecar temp files a crash left in it."""
+    def make_folder(self, folder: str) -> bool:
+        """Create an item's folder, dropping sidecar temp files a crash left in it;
+        True when the folder is new (so nothing of an earlier run can be in it)."""
         path = self.resolve(folder)
         try:
-            path.mkdir(parents=True, exist_ok=True)
+            path.mkdir(parents=True)
+            return True
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise StorageError(f"cannot create {folder}: {exc.strerror}") from None
+        try:
+            if not path.is_dir():
+                raise StorageError(f"cannot create {folder}: a file is in the way")
             for stray in path.glob(".*.tmp"):
                 stray.unlink(missing_ok=True)
         except OSError as exc:
             raise StorageError(f"cannot create {folder}: {exc.strerror}") from None
-        return path
+        return False
 
     def write_metadata(
         self,

@@ -23,7 +23,7 @@ from typing import Any
 
 from archiver import __version__
 from archiver.api import PictoryClient
-from archiver.download import AssetDownloader, AssetRequest, FetchedFile, part_path
+from archiver.download import AssetDownloader, AssetRequest, FetchedFile
 from archiver.errors import (
     ApiError,
     ArchiverError,
@@ -32,7 +32,7 @@ from archiver.errors import (
 )
 from archiver.layout import ArchiveLayout, write_atomic
 from archiver.lister import Lister, utc_now
-from archiver.manifest import COMPLETE, FAILED, FETCHED, PARTIAL, AssetRecord, Manifest
+from archiver.manifest import COMPLETE, DAMAGED, FAILED, FETCHED, AssetRecord, Manifest
 from archiver.models import (
     VIDEO,
     Asset,
@@ -85,6 +85,7 @@ class ItemTracker:
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
     records: dict[str, AssetRecord] = field(default_factory=dict)
     validators: dict[str, str | None] = field(default_factory=dict)
+    fresh: bool = False
     errors: list[tuple[str, str]] = field(default_factory=list)
     fetched_files: int = 0
     fetched_bytes: int = 0
@@ -271,8 +272,10 @@ class Sync:
         if recheck:
             log.info("re-fetching missing or damaged files of %s", folder)
             self.manifest.mark_pending(self.kind.name, item.id, "files missing on disk")
-        await asyncio.to_thread(self.layout.make_folder, folder)
-        tracker = ItemTracker(item, folder, remaining=len(todo), files=done, records=records)
+        created = await asyncio.to_thread(self.layout.make_folder, folder)
+        tracker = ItemTracker(
+            item, folder, remaining=len(todo), files=done, records=records, fresh=created
+        )
         self.progress.queued(1, len(todo))
         if not todo:
             await self._finish_item(tracker)
@@ -318,34 +321,25 @@ class Sync:
 
     async def _fetch_asset(self, tracker: ItemTracker, asset: Asset) -> FetchedFile:
         assert self.downloader is not None
-        kind, item_id = self.kind.name, tracker.item.id
         path = self.layout.asset_path(tracker.folder, asset)
         record = tracker.records.get(asset.role)
-        validator = tracker.validators.get(asset.role, record.etag if record else None)
-        # a download in flight when a run was killed may have landed under its final name
-        # before the manifest heard of it: adopt it, to be checked with a Range request
-        adopt = (record is None or record.state == PARTIAL) and path.exists()
+        # files of an earlier try may wait here: a .part to resume, or a file that landed
+        # just before a crash, before the manifest heard of it (adopted, proven by Range)
+        leftovers = not tracker.fresh or asset.role in tracker.validators
+        settled = record is not None and record.state in (COMPLETE, FETCHED, DAMAGED)
         request = AssetRequest(
             url=asset.url,
             path=path,
             media=asset.media,
-            validator=validator if validator and (adopt or part_path(path).exists()) else None,
+            validator=tracker.validators.get(asset.role) or (record.etag if record else None),
             known_size=record.size if record else None,
             known_validator=record.etag if record else None,
-            adopt_final=adopt,
+            adopt_final=leftovers and not settled,
+            may_resume=leftovers,
         )
 
         def remember(validator: str | None) -> None:
             tracker.validators[asset.role] = validator
-            self.manifest.mark_asset(
-                kind,
-                item_id,
-                asset.role,
-                url=strip_query(asset.url),
-                path=f"{tracker.folder}/{asset.filename}",
-                state=PARTIAL,
-                etag=validator,
-            )
 
         return await self.downloader.fetch(request, remember)
 
@@ -413,6 +407,7 @@ class Sync:
                 state=state,
                 size=entry["size"],
                 sha256=entry["sha256"],
+                etag=tracker.validators.get(asset.role),
             )
 
     async def _finish_item(self, tracker: ItemTracker) -> None:

@@ -106,7 +106,8 @@ def test_hostile_id_gives_one_safe_component_inside_dest(
     assert "\\" not in component and "\x00" not in component
     assert len(name) <= 255
     assert name.isascii()
-    path = layout.make_folder(folder)
+    assert layout.make_folder(folder) is True
+    path = layout.resolve(folder)
     assert path.is_dir()
     assert path.parent == dest.resolve() / "videos" / "2026" / "04"
 
@@ -167,7 +168,8 @@ def test_asset_path(layout: ArchiveLayout, dest: Path) -> None:
 def test_write_metadata_is_atomic_and_keeps_raw(layout: ArchiveLayout, dest: Path) -> None:
     item = make_item("abc")
     folder = layout.item_folder(item)
-    path = layout.make_folder(folder)
+    layout.make_folder(folder)
+    path = layout.resolve(folder)
     archive: dict[str, Any] = {"archived_at": "2026-04-10T00:00:00Z", "files": {"video": 1}}
 
     layout.write_metadata(folder, item.raw, archive)
@@ -209,14 +211,15 @@ def test_write_atomic_replaces_content(tmp_path: Path) -> None:
 
 def test_make_folder_removes_stray_temp_files(layout: ArchiveLayout) -> None:
     folder = "videos/2026/04/x"
-    path = layout.make_folder(folder)
+    assert layout.make_folder(folder) is True
+    path = layout.resolve(folder)
     (path / ".metadata.json.k2j3h4.tmp").write_text("half")
     (path / ".metadata.json.zzzz.tmp").write_text("half")
     (path / "video.mp4").write_bytes(b"keep")
     (path / "video.mp4.part").write_bytes(b"keep")
     (path / "metadata.json").write_text("{}")
 
-    assert layout.make_folder(folder) == path
+    assert layout.make_folder(folder) is False  # not new: earlier files may be resumed
     assert sorted(p.name for p in path.iterdir()) == [
         "metadata.json",
         "video.mp4",
@@ -238,7 +241,8 @@ def test_prepare_on_a_file_is_a_storage_error(tmp_path: Path) -> None:
 
 
 def test_read_metadata_tolerates_missing_and_bad_files(layout: ArchiveLayout) -> None:
-    path = layout.make_folder("videos/x")
+    layout.make_folder("videos/x")
+    path = layout.resolve("videos/x")
     assert layout.read_metadata("videos/x") is None
     (path / "metadata.json").write_text("{not json")
     assert layout.read_metadata("videos/x") is None
