@@ -36,7 +36,7 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 CHUNK_SIZE = 1 << 20
-READ_BUFFER = 4 << 20
+READ_BUFFER = 1 << 20
 VALIDATOR_XATTR = "user.pictory-archiver.validator"
 PART_SUFFIX = ".part"
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
