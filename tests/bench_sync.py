@@ -1132,6 +1132,9 @@ def method_lines(bench: Bench) -> list[str]:
     ]
 
 
+DESIGN_NOTES = Path(__file__).with_name("bench_notes.md")
+
+
 def render(bench: Bench, sections: Sequence[Section], command: str, minutes: float) -> str:
     kind = "quick (tiny workloads)" if bench.scale is QUICK else "full"
     lines = [
@@ -1160,6 +1163,8 @@ def render(bench: Bench, sections: Sequence[Section], command: str, minutes: flo
     )
     for section in sections:
         lines += [f"## ({section.key}) {section.title}", "", *section.lines]
+    if DESIGN_NOTES.is_file():  # hand-written: the choices these numbers led to
+        lines += ["", DESIGN_NOTES.read_text("utf-8").strip()]
     return "\n".join(lines).rstrip() + "\n"
 
 
