@@ -58,7 +58,9 @@ class AssetRequest:
     a file already under the final name is treated as the .part to resume (a download
     that landed just before a crash): a Range request proves or completes it. Without a
     `validator`, the one kept on the file itself (xattr) is used. `may_resume=False`
-    promises no earlier file can exist (a new folder): no need to look."""
+    promises no earlier file can exist (a new folder): no need to look. With
+    `stage_only`, the proven file is left as its .part for the caller to sync and rename
+    (group commit); `FetchedFile.staged` names it."""
 
     url: str
     path: Path
@@ -68,17 +70,19 @@ class AssetRequest:
     known_validator: str | None = None
     adopt_final: bool = False
     may_resume: bool = True
+    stage_only: bool = False
 
 
 @dataclass(frozen=True)
 class FetchedFile:
-    """A file now on disk under its final name."""
+    """A proven file: under its final name, or still `staged` under its .part name."""
 
     path: Path
     size: int
     sha256: str
     validator: str | None
     fetched_bytes: int
+    staged: Path | None = None
 
 
 def part_path(path: Path) -> Path:
@@ -137,10 +141,11 @@ class PartFile:
         with self._lock:
             self._handle.close()
 
-    def finish(self, final: Path) -> None:
-        """Close and move into place atomically (durability is the caller's group commit)."""
+    def finish(self, final: Path | None) -> None:
+        """Close and move into place atomically (or leave it staged for the caller)."""
         self.close()
-        os.replace(self.path, final)
+        if final is not None:
+            os.replace(self.path, final)
 
 
 class AssetDownloader:
@@ -315,8 +320,10 @@ class AssetDownloader:
         if total is not None and len(body) != total:
             raise TransientAssetError(f"{where} ended after {len(body)} of {total} bytes")
         _prove(request, len(body), body[:16], validator, where)
-        digest = await self._disk(request.path, write_whole, part, request.path, body, validator)
-        return FetchedFile(request.path, len(body), digest, validator, len(body))
+        final = None if request.stage_only else request.path
+        digest = await self._disk(request.path, write_whole, part, final, body, validator)
+        staged = part if request.stage_only else None
+        return FetchedFile(request.path, len(body), digest, validator, len(body), staged)
 
     async def _finish(
         self,
@@ -337,13 +344,14 @@ class AssetDownloader:
             await asyncio.to_thread(writer.close)
             discard(part)
             raise
-        await self._disk(request.path, writer.finish, request.path)
+        await self._disk(request.path, writer.finish, None if request.stage_only else request.path)
         return FetchedFile(
             path=request.path,
             size=size,
             sha256=writer.hasher.hexdigest(),
             validator=validator,
             fetched_bytes=fetched,
+            staged=part if request.stage_only else None,
         )
 
     @staticmethod
@@ -371,12 +379,14 @@ def keep_prefix(
             writer.close()
 
 
-def write_whole(part: Path, final: Path, data: bytes, validator: str | None) -> str:
-    """Write a whole file via its .part name, rename it into place; return its sha256."""
+def write_whole(part: Path, final: Path | None, data: bytes, validator: str | None) -> str:
+    """Write a whole file via its .part name, rename it into place (unless staged);
+    return its sha256."""
     with part.open("wb") as handle:
         tag_validator(handle.fileno(), validator)
         handle.write(data)
-    os.replace(part, final)
+    if final is not None:
+        os.replace(part, final)
     return hashlib.sha256(data).hexdigest()
 
 

@@ -122,22 +122,37 @@ class ArchiveLayout:
             raise StorageError(f"cannot create {folder}: {exc.strerror}") from None
         return False
 
-    def write_metadata(
-        self,
-        folder: str,
-        raw: Mapping[str, Any],
-        archive: dict[str, Any],
-        *,
-        durable: bool = True,
-    ) -> None:
+    def write_metadata(self, folder: str, raw: Mapping[str, Any], archive: dict[str, Any]) -> None:
         """metadata.json: the API item verbatim plus one `archive` key, written atomically."""
-        document = {**raw, "archive": archive}
-        text = json.dumps(document, ensure_ascii=False, indent=2)
+        write_atomic(self.resolve(f"{folder}/{METADATA_NAME}"), metadata_bytes(raw, archive))
+
+    def stage_metadata(
+        self, folder: str, raw: Mapping[str, Any], archive: dict[str, Any]
+    ) -> tuple[Path, Path]:
+        """metadata.json written under a temp name, not yet synced or renamed: the
+        pipeline renames it (temp, final) after its group's filesystem sync."""
+        final = self.resolve(f"{folder}/{METADATA_NAME}")
         try:
-            data = text.encode("utf-8") + b"\n"
-        except UnicodeEncodeError:  # lone surrogates from the API: keep them as \u escapes
-            data = json.dumps(document, indent=2).encode("ascii") + b"\n"
-        write_atomic(self.resolve(f"{folder}/{METADATA_NAME}"), data, durable=durable)
+            fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+            os.fchmod(fd, FILE_MODE)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(metadata_bytes(raw, archive))
+        except OSError as exc:
+            raise StorageError(f"cannot write {folder}/{METADATA_NAME}: {exc.strerror}") from None
+        return Path(tmp), final
+
+    def publish(self, staged: list[tuple[Path, Path]]) -> None:
+        """Group commit, second half: after `flush_to_disk`, rename the staged files into
+        place and make the renames durable. A reader only ever sees whole, synced files."""
+        folders = set()
+        try:
+            for temp, final in staged:
+                os.replace(temp, final)
+                folders.add(final.parent)
+            for folder in folders:
+                fsync_dir(folder)
+        except OSError as exc:
+            raise StorageError(f"cannot move files into place: {exc.strerror}") from None
 
     def flush_to_disk(self) -> None:
         """Make everything written under DEST durable at once (group commit): one syncfs
@@ -173,11 +188,16 @@ def _load_syncfs() -> Callable[[int], int] | None:
 _syncfs = _load_syncfs()
 
 
-def write_atomic(path: Path, data: bytes, *, durable: bool = True) -> None:
-    """Write to a temp name in the same folder, fsync, rename over, fsync the folder.
+def metadata_bytes(raw: Mapping[str, Any], archive: dict[str, Any]) -> bytes:
+    document = {**raw, "archive": archive}
+    try:
+        return json.dumps(document, ensure_ascii=False, indent=2).encode("utf-8") + b"\n"
+    except UnicodeEncodeError:  # lone surrogates from the API: keep them as \u escapes
+        return json.dumps(document, indent=2).encode("ascii") + b"\n"
 
-    With durable=False the fsyncs are left to a later `flush_to_disk` (group commit).
-    """
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temp name in the same folder, fsync, rename over, fsync the folder."""
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
@@ -185,14 +205,12 @@ def write_atomic(path: Path, data: bytes, *, durable: bool = True) -> None:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
                 handle.flush()
-                if durable:
-                    os.fsync(handle.fileno())
+                os.fsync(handle.fileno())
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        if durable:
-            fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except OSError as exc:
         raise StorageError(f"cannot write {path.name}: {exc.strerror or exc}") from None
 

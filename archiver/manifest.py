@@ -60,7 +60,7 @@ CREATE TABLE IF NOT EXISTS runs (
 """
 
 PENDING, COMPLETE, FAILED, INVALID = "pending", "complete", "failed", "invalid"
-PARTIAL, FETCHED, DAMAGED = "partial", "fetched", "damaged"
+FETCHED, DAMAGED = "fetched", "damaged"
 
 
 def utc_now() -> str:
@@ -166,11 +166,6 @@ class Manifest:
             or time.monotonic() - self._last_commit >= self._batch_seconds
         )
 
-    def maybe_commit(self) -> None:
-        """Commit when the batch is big or old enough; call between logical units only."""
-        if self.commit_due():
-            self.commit()
-
     def commit(self) -> None:
         """Make every change so far durable in one transaction and start the next."""
         try:
@@ -273,12 +268,6 @@ class Manifest:
             "SELECT * FROM assets WHERE kind=? AND item_id=?", (kind, item_id)
         ).fetchall()
         return {record.role: record for record in (AssetRecord(*row) for row in rows)}
-
-    def asset(self, kind: str, item_id: str, role: str) -> AssetRecord | None:
-        row = self._execute(
-            "SELECT * FROM assets WHERE kind=? AND item_id=? AND role=?", (kind, item_id, role)
-        ).fetchone()
-        return AssetRecord(*row) if row else None
 
     def mark_asset(
         self,

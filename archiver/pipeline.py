@@ -85,11 +85,20 @@ class ItemTracker:
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
     records: dict[str, AssetRecord] = field(default_factory=dict)
     validators: dict[str, str | None] = field(default_factory=dict)
+    staged: list[tuple[Path, Path]] = field(default_factory=list)
     fresh: bool = False
     errors: list[tuple[str, str]] = field(default_factory=list)
     fetched_files: int = 0
     fetched_bytes: int = 0
     url_generation: int = 0
+
+
+@dataclass(frozen=True)
+class Landing:
+    """Files waiting for the next group commit: synced, then renamed, then recorded."""
+
+    staged: tuple[tuple[Path, Path], ...]
+    record: Callable[[], None]
 
 
 @dataclass(frozen=True)
@@ -117,7 +126,7 @@ class Sync:
         self.lister: Lister | None = None
         self.client: PictoryClient | None = None
         self.downloader: AssetDownloader | None = None
-        self.unsynced: list[Callable[[], None]] = []
+        self.unsynced: list[Landing] = []
         self._last_checkpoint = time.monotonic()
         self._checkpointing = False
         self._unsynced_bytes = 0
@@ -164,10 +173,11 @@ class Sync:
         return summary
 
     async def _checkpoint(self) -> None:
-        """Group commit: once a second (or every CHECKPOINT_FILES files or CHECKPOINT_BYTES
-        bytes), make the files written so far durable with one filesystem sync, then record
-        them in the manifest. The manifest never claims a file the disk might not have;
-        a crash loses at most one checkpoint's worth of files, which are adopted again."""
+        """Group commit: once a second (or every CHECKPOINT_FILES items or CHECKPOINT_BYTES
+        bytes), make the proven files written so far durable with one filesystem sync,
+        rename them into place (as if each had been fsynced, then renamed), then record
+        them in the manifest in one transaction. The manifest never claims a file the disk
+        might not have; after a crash, staged .part files are proven by a Range request."""
         due = (
             len(self.unsynced) >= CHECKPOINT_FILES
             or self._unsynced_bytes >= CHECKPOINT_BYTES
@@ -178,27 +188,33 @@ class Sync:
         self._checkpointing = True
         try:
             count, self._unsynced_bytes = len(self.unsynced), 0
-            if count:
-                await asyncio.to_thread(self.layout.flush_to_disk)
-            batch, self.unsynced = self.unsynced[:count], self.unsynced[count:]
-            for record in batch:
-                record()
+            batch = self.unsynced[:count]
+            if batch:
+                await asyncio.to_thread(self._land, batch)
+            del self.unsynced[:count]
+            for landing in batch:
+                landing.record()
             self.manifest.commit()
             self._last_checkpoint = time.monotonic()
         finally:
             self._checkpointing = False
+
+    def _land(self, batch: list[Landing]) -> None:
+        """Sync every file of the batch at once, then rename them into place (blocking)."""
+        self.layout.flush_to_disk()
+        self.layout.publish([pair for landing in batch for pair in landing.staged])
 
     def _settle(self) -> None:
         """The last checkpoint, whatever ended the run; blocking is fine by now."""
         batch, self.unsynced = self.unsynced, []
         if batch:
             try:
-                self.layout.flush_to_disk()
+                self._land(batch)
             except ArchiverError as exc:
                 log.error("could not make the last files durable: %s", exc.message)
                 batch = []
-        for record in batch:
-            record()
+        for landing in batch:
+            landing.record()
         self.manifest.commit()
 
     def _save_report(self, summary: RunSummary) -> None:
@@ -336,6 +352,7 @@ class Sync:
             known_validator=record.etag if record else None,
             adopt_final=leftovers and not settled,
             may_resume=leftovers,
+            stage_only=True,
         )
 
         def remember(validator: str | None) -> None:
@@ -383,6 +400,8 @@ class Sync:
         self.fetched_bytes += fetched.fetched_bytes
         self.progress.file_done(fetched.fetched_bytes)
         self._unsynced_bytes += fetched.fetched_bytes
+        if fetched.staged is not None:
+            tracker.staged.append((fetched.staged, fetched.path))
 
     def _record_complete(self, tracker: ItemTracker) -> None:
         """The item and its files, complete in the manifest in one go (after the sync)."""
@@ -419,7 +438,9 @@ class Sync:
             failure = Failure(item.id, reason, role)
             self.failures.append(failure)
             self.manifest.mark_failed(kind, item.id, f"{role}: {reason}")
-            self.unsynced.append(partial(self._record_landed, tracker))
+            self.unsynced.append(
+                Landing(tuple(tracker.staged), partial(self._record_landed, tracker))
+            )
             log.error("failed %s: %s: %s", tracker.folder, role, reason)
         else:
             archive = {
@@ -428,12 +449,12 @@ class Sync:
                 "kind": item.kind.name,
                 "files": {role: tracker.files[role] for role in sorted(tracker.files)},
             }
-            await asyncio.to_thread(
-                partial(
-                    self.layout.write_metadata, tracker.folder, item.raw, archive, durable=False
-                )
+            metadata = await asyncio.to_thread(
+                self.layout.stage_metadata, tracker.folder, item.raw, archive
             )
-            self.unsynced.append(partial(self._record_complete, tracker))
+            self.unsynced.append(
+                Landing((*tracker.staged, metadata), partial(self._record_complete, tracker))
+            )
             if tracker.fetched_files:
                 self.new_items += 1
         self.progress.item_done(

@@ -290,8 +290,11 @@ def scan(dest: Path) -> tuple[int, int]:
     files = total = 0
     for folder, _, names in os.walk(dest):
         for name in names:
+            try:
+                total += os.stat(os.path.join(folder, name)).st_size
+            except FileNotFoundError:  # renamed under us by the running client
+                continue
             files += 1
-            total += os.stat(os.path.join(folder, name)).st_size
     return files, total
 
 

@@ -319,8 +319,8 @@ ROLE_FIELDS = {
 
 
 def landed_cdn_paths(dest: Path, library: FakeLibrary) -> set[str]:
-    """CDN paths of the files already under their final name (not shared with another
-    item's references, which may legitimately be fetched for that item)."""
+    """CDN paths of the files already complete on disk, final or staged as a whole .part
+    (not shared with another item's references, which that item may fetch)."""
     shared = {
         path
         for raw in library.items
@@ -328,11 +328,14 @@ def landed_cdn_paths(dest: Path, library: FakeLibrary) -> set[str]:
     }
     landed = set()
     for file in (dest / "videos").rglob("*"):
-        field = ROLE_FIELDS.get(file.name)
+        field = ROLE_FIELDS.get(file.name.removesuffix(".part"))
         if field is None:
             continue
         raw = library.item(file.parent.name.split("_", 2)[2])
-        landed.update(library.asset_paths({field: raw[field]}))
+        (path,) = library.asset_paths({field: raw[field]})
+        whole = file.stat().st_size == len(library.asset(path).data)  # type: ignore[union-attr]
+        if whole:  # under its final name, or proven and staged for the next group commit
+            landed.add(path)
     return landed - shared
 
 

@@ -186,12 +186,12 @@ def test_mark_failed_pending_complete(manifest: Manifest) -> None:
 def test_mark_asset_counts_attempts_and_keeps_size_and_etag(manifest: Manifest) -> None:
     listed(manifest, "a1", 1)
     url, where = "https://cdn/v.mp4", "videos/a1/video.mp4"
-    assert manifest.asset(V, "a1", "video") is None
+    assert manifest.assets_of(V, "a1").get("video") is None
     manifest.mark_asset(V, "a1", "video", state=FAILED, error="reset", url=url, path=where)
     manifest.mark_asset(
         V, "a1", "video", state=FAILED, error="timeout", etag='"e1"', url=url, path=where
     )
-    record = manifest.asset(V, "a1", "video")
+    record = manifest.assets_of(V, "a1").get("video")
     assert record is not None
     assert (record.state, record.attempts, record.last_error, record.etag) == (
         FAILED,
@@ -202,7 +202,7 @@ def test_mark_asset_counts_attempts_and_keeps_size_and_etag(manifest: Manifest) 
     manifest.mark_asset(
         V, "a1", "video", state=COMPLETE, size=123, sha256="ab" * 32, url=url, path=where
     )
-    record = manifest.asset(V, "a1", "video")
+    record = manifest.assets_of(V, "a1").get("video")
     assert record is not None
     assert (record.state, record.attempts, record.size, record.sha256) == (
         COMPLETE,
@@ -213,7 +213,7 @@ def test_mark_asset_counts_attempts_and_keeps_size_and_etag(manifest: Manifest) 
     assert record.etag == '"e1"'
     assert record.last_error is None
     manifest.mark_asset(V, "a1", "video", state=FAILED, error="again", url=url, path=where)
-    record = manifest.asset(V, "a1", "video")
+    record = manifest.assets_of(V, "a1").get("video")
     assert record is not None and record.size == 123 and record.attempts == 3
 
 
@@ -352,14 +352,17 @@ def test_readers_see_changes_only_after_commit(manifest: Manifest, path: Path) -
     assert read_rows(path, "SELECT count(*) FROM meta WHERE key='frontier:video'") == [(1,)]
 
 
-def test_maybe_commit_commits_full_batches(path: Path) -> None:
+def test_a_commit_is_due_for_full_batches_only(path: Path) -> None:
     with Manifest(path, batch_rows=3, batch_seconds=3600) as manifest:
+        assert not manifest.commit_due()
         listed(manifest, "a1", 1)
         listed(manifest, "b2", 1)
-        manifest.maybe_commit()
+        assert not manifest.commit_due()
         assert read_rows(path, "SELECT count(*) FROM items") == [(0,)]
         listed(manifest, "c3", 1)
-        manifest.maybe_commit()
+        assert manifest.commit_due()
+        manifest.commit()
+        assert not manifest.commit_due()
         assert read_rows(path, "SELECT count(*) FROM items") == [(3,)]
 
 
