@@ -38,6 +38,7 @@ T = TypeVar("T")
 CHUNK_SIZE = 1 << 20
 READ_BUFFER = 1 << 20
 VALIDATOR_XATTR = "user.pictory-archiver.validator"
+DIGEST_XATTR = "user.pictory-archiver.sha256"
 PART_SUFFIX = ".part"
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 MAGIC_CHECKS: dict[str, Callable[[bytes], bool]] = {
@@ -122,7 +123,9 @@ class PartFile:
         self._handle.seek(offset)
         self._handle.truncate()
         if not offset:
-            tag_validator(self._handle.fileno(), validator)
+            tag_file(self._handle.fileno(), VALIDATOR_XATTR, validator)
+        else:
+            tag_file(self._handle.fileno(), DIGEST_XATTR, None)  # growing again: not whole
         self._lock = threading.Lock()
 
     def _account(self, block: bytes) -> None:
@@ -143,6 +146,8 @@ class PartFile:
 
     def finish(self, final: Path | None) -> None:
         """Close and move into place atomically (or leave it staged for the caller)."""
+        with self._lock:
+            tag_file(self._handle.fileno(), DIGEST_XATTR, self.hasher.hexdigest())
         self.close()
         if final is not None:
             os.replace(self.path, final)
@@ -337,6 +342,9 @@ class AssetDownloader:
     ) -> FetchedFile:
         validator = validator or request.validator
         if writer is None:
+            known = await self._disk(request.path, whole_part, part, size)
+            if known is not None:
+                return await self._finish_known(request, part, size, known, validator, where)
             writer = await self._disk(request.path, PartFile, part, size)
         try:
             _prove(request, size, writer.head, validator, where)
@@ -353,6 +361,27 @@ class AssetDownloader:
             fetched_bytes=fetched,
             staged=part if request.stage_only else None,
         )
+
+    async def _finish_known(
+        self,
+        request: AssetRequest,
+        part: Path,
+        size: int,
+        known: tuple[bytes, str],
+        validator: str | None,
+        where: str,
+    ) -> FetchedFile:
+        """A .part that a crash left whole and hashed: prove it without reading it again."""
+        head, digest = known
+        try:
+            _prove(request, size, head, validator, where)
+        except AssetError:
+            discard(part)
+            raise
+        if not request.stage_only:
+            await self._disk(request.path, os.replace, part, request.path)
+        staged = part if request.stage_only else None
+        return FetchedFile(request.path, size, digest, validator, 0, staged)
 
     @staticmethod
     async def _disk(path: Path, func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
@@ -382,12 +411,14 @@ def keep_prefix(
 def write_whole(part: Path, final: Path | None, data: bytes, validator: str | None) -> str:
     """Write a whole file via its .part name, rename it into place (unless staged);
     return its sha256."""
+    digest = hashlib.sha256(data).hexdigest()
     with part.open("wb") as handle:
-        tag_validator(handle.fileno(), validator)
+        tag_file(handle.fileno(), VALIDATOR_XATTR, validator)
+        tag_file(handle.fileno(), DIGEST_XATTR, digest)
         handle.write(data)
     if final is not None:
         os.replace(part, final)
-    return hashlib.sha256(data).hexdigest()
+    return digest
 
 
 def _prove(
@@ -404,22 +435,39 @@ def _prove(
         raise TransientAssetError(f"{where} {problem}")
 
 
-def tag_validator(fd: int, validator: str | None) -> None:
-    """Keep the validator on the file itself (an extended attribute, which the rename
-    carries along), so a crash before the manifest heard of it still allows a resume;
-    best effort: a filesystem without xattrs falls back to the manifest alone."""
-    if validator:
-        try:
-            os.setxattr(fd, VALIDATOR_XATTR, validator.encode("utf-8", "replace"))
-        except OSError:
-            pass
+def tag_file(fd: int, name: str, value: str | None) -> None:
+    """Keep facts on the file itself as extended attributes, which a rename carries
+    along: the validator it was fetched under (so a crash before the manifest heard of it
+    still allows a resume) and, once whole, its sha256 (so proving it again needs no
+    re-read). Best effort: without xattrs, the manifest and a re-hash do the same.
+    A None value removes the attribute."""
+    try:
+        if value:
+            os.setxattr(fd, name, value.encode("utf-8", "replace"))
+        else:
+            os.removexattr(fd, name)
+    except OSError:
+        pass
+
+
+def read_tag(path: Path, name: str) -> str | None:
+    try:
+        return os.getxattr(path, name).decode("utf-8", "replace") or None
+    except OSError:
+        return None
 
 
 def read_validator(path: Path) -> str | None:
-    try:
-        return os.getxattr(path, VALIDATOR_XATTR).decode("utf-8", "replace") or None
-    except OSError:
+    return read_tag(path, VALIDATOR_XATTR)
+
+
+def whole_part(part: Path, size: int) -> tuple[bytes, str] | None:
+    """(first bytes, sha256) of a .part already proven whole, from its tags."""
+    digest = read_tag(part, DIGEST_XATTR)
+    if digest is None or part.stat().st_size != size:
         return None
+    with part.open("rb") as handle:
+        return handle.read(16), digest
 
 
 def _resumable_offset(part: Path, validator: str | None) -> int:

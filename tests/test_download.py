@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import resource
 import time
 from collections.abc import AsyncIterator, Callable
@@ -16,10 +17,12 @@ from pathlib import Path
 import pytest
 
 from archiver.download import (
+    DIGEST_XATTR,
     AssetDownloader,
     AssetRequest,
     FetchedFile,
     part_path,
+    read_tag,
     read_validator,
 )
 from archiver.errors import (
@@ -718,5 +721,28 @@ async def test_a_file_that_carries_its_validator_is_adopted_without_the_manifest
         got = await assets.fetch(request, lambda _: None)
     assert_identical(got, target, library, cdn)
     assert got.fetched_bytes == 0
+    (sent,) = cdn_log(fake, cdn)
+    assert sent.header("Range") == f"bytes={len(data)}-" and sent.header("If-Range") == etag
+
+
+async def test_a_whole_part_left_by_a_crash_is_proven_from_its_tags(
+    library: FakeLibrary, fake: FakePictory, tmp_path: Path
+) -> None:
+    """Staged for a group commit when the run died: its validator and sha256 are on the
+    file, so the resume costs one empty Range request and no re-read of the bytes."""
+    cdn = cdn_path(library)
+    data, etag = data_of(library, cdn), etag_of(library, cdn)
+    target = tmp_path / "video.mp4"
+    staged = AssetRequest(fake.asset_url(cdn), target, "mp4", stage_only=True)
+    async with downloader() as assets:
+        first = await assets.fetch(staged, lambda _: None)
+    assert first.staged == part_path(target) and not target.exists()
+    assert read_tag(part_path(target), DIGEST_XATTR) == first.sha256 == library.sha256(cdn)
+    os.setxattr(part_path(target), DIGEST_XATTR, b"f" * 64)  # proves the tag is what is used
+    fake.reset_log()
+    async with downloader() as assets:
+        again = await assets.fetch(AssetRequest(fake.asset_url(cdn), target, "mp4"), print)
+    assert again.sha256 == "f" * 64 and again.fetched_bytes == 0
+    assert target.read_bytes() == data and not part_path(target).exists()
     (sent,) = cdn_log(fake, cdn)
     assert sent.header("Range") == f"bytes={len(data)}-" and sent.header("If-Range") == etag
