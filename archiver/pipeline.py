@@ -48,7 +48,7 @@ log = logging.getLogger("archiver")
 
 MAX_REFRESHES_PER_ASSET = 2
 CHECKPOINT_SECONDS = 1.0
-CHECKPOINT_FILES = 2000
+CHECKPOINT_ITEMS = 2000
 CHECKPOINT_BYTES = 32 << 20
 MAX_REFRESH_WALKS = 20
 
@@ -173,13 +173,13 @@ class Sync:
         return summary
 
     async def _checkpoint(self) -> None:
-        """Group commit: once a second (or every CHECKPOINT_FILES items or CHECKPOINT_BYTES
+        """Group commit: once a second (or every CHECKPOINT_ITEMS items or CHECKPOINT_BYTES
         bytes), make the proven files written so far durable with one filesystem sync,
         rename them into place (as if each had been fsynced, then renamed), then record
         them in the manifest in one transaction. The manifest never claims a file the disk
         might not have; after a crash, staged .part files are proven by a Range request."""
         due = (
-            len(self.unsynced) >= CHECKPOINT_FILES
+            len(self.unsynced) >= CHECKPOINT_ITEMS
             or self._unsynced_bytes >= CHECKPOINT_BYTES
             or time.monotonic() - self._last_checkpoint >= CHECKPOINT_SECONDS
         )
