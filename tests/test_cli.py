@@ -18,6 +18,13 @@ from tests.conftest import KEY, CliResult, archived_files, sha256_file
 RunCli = Callable[..., CliResult]
 
 
+def wait_for_cdn(server: FakePictory, requests: int, timeout: float = 30) -> None:
+    """Let a child run until the fake CDN has seen `requests` requests."""
+    deadline = time.monotonic() + timeout
+    while server.count("cdn") < requests and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
 def cdn_paths(server: FakePictory) -> list[str]:
     return [r.path for r in server.requests if r.origin == "cdn"]
 
@@ -164,9 +171,7 @@ def test_two_real_processes_one_exits_4(
 ) -> None:
     server.cdn_delay = 0.05
     first = spawn_cli("sync", "--dest", str(dest), "--quiet")
-    deadline = time.monotonic() + 20
-    while server.count("cdn") == 0 and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_for_cdn(server, 1)
     second = run_cli("sync", "--dest", str(dest))
     assert second.exit_code == 4
     assert f"pid {first.pid}" in second.stderr  # type: ignore[attr-defined]
@@ -180,9 +185,7 @@ def test_sigint_exits_130_and_next_run_completes(
 ) -> None:
     server.cdn_delay = 0.05
     proc = spawn_cli("sync", "--dest", str(dest))
-    deadline = time.monotonic() + 20
-    while server.count("cdn") < 20 and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_for_cdn(server, 20)
     proc.send_signal(signal.SIGINT)  # type: ignore[attr-defined]
     stdout, stderr = proc.communicate(timeout=30)  # type: ignore[attr-defined]
     assert proc.returncode == 130, stderr  # type: ignore[attr-defined]
@@ -284,9 +287,7 @@ def test_kill_9_at_any_moment_then_resume_refetches_nothing_complete(
     server.cdn_delay = 0.01
     for kill_after in (5, 150, 400):
         proc = spawn_cli("sync", "--dest", str(dest), "--quiet")
-        deadline = time.monotonic() + 30
-        while server.count("cdn") < kill_after and time.monotonic() < deadline:
-            time.sleep(0.005)
+        wait_for_cdn(server, kill_after)
         proc.kill()
         proc.wait(timeout=10)
         assert proc.returncode == -signal.SIGKILL
@@ -465,9 +466,7 @@ def test_sigterm_is_an_interrupt_too(
 ) -> None:
     server.cdn_delay = 0.05
     proc = spawn_cli("sync", "--dest", str(dest), "--quiet")
-    deadline = time.monotonic() + 20
-    while server.count("cdn") < 10 and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_for_cdn(server, 10)
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 130, stderr
