@@ -161,13 +161,11 @@ def verify(fast: bool, repair: bool, **flags: Any) -> int:
         report = asyncio.run(verify_archive(manifest, layout.dest, fast=fast))
         for line in report.lines():
             click.echo(line)
-        if not repair or not report.problems:
-            return report.exit_code
-        for problem in report.problems:
-            manifest.mark_damaged(problem.kind, problem.item_id, problem.role, problem.reason)
-        manifest.commit()
+    if not repair or not report.problems:
+        return report.exit_code
+    damaged = tuple((p.item_id, p.role, p.reason) for p in report.problems)
     click.echo(f"repair: re-fetching {len({p.item_id for p in report.problems})} items")
-    _run_sync(settings, only_ids=frozenset(p.item_id for p in report.problems))
+    _run_sync(settings, damaged=damaged)
     with Manifest.open_existing(layout.manifest_path) as manifest:
         report = asyncio.run(verify_archive(manifest, layout.dest, fast=fast))
     for line in report.lines():
@@ -197,8 +195,9 @@ def demo(dest: Path, **flags: Any) -> int:
     return 0
 
 
-def _run_sync(settings: Settings, only_ids: frozenset[str] | None = None) -> int:
-    """Lock DEST, open the manifest, run the pipeline, print the summary."""
+def _run_sync(settings: Settings, damaged: tuple[tuple[str, str, str], ...] = ()) -> int:
+    """Lock DEST, open the manifest, run the pipeline (a repair of `damaged` files, or a
+    sync), print the summary."""
     from archiver.layout import ArchiveLayout
     from archiver.lock import DestLock
     from archiver.manifest import Manifest
@@ -224,7 +223,8 @@ def _run_sync(settings: Settings, only_ids: frozenset[str] | None = None) -> int
         timeout=settings.timeout,
         retries=settings.retries,
         full=settings.full,
-        only_ids=only_ids,
+        only_ids=frozenset(item_id for item_id, _, _ in damaged) if damaged else None,
+        damaged=damaged,
         report_file=settings.report_file,
     )
     layout = ArchiveLayout(settings.dest, settings.folder_template)

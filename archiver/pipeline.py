@@ -55,7 +55,8 @@ MAX_REFRESH_WALKS = 20
 
 @dataclass(frozen=True)
 class SyncOptions:
-    """The values a sync needs, taken from Settings by the CLI."""
+    """The values a sync needs, taken from Settings by the CLI. A repair names the
+    `damaged` files (item id, role, reason) that verify found; `only_ids` limits the run."""
 
     dest: Path
     api_url: str
@@ -68,6 +69,7 @@ class SyncOptions:
     full: bool = False
     kind: ItemKind = VIDEO
     only_ids: frozenset[str] | None = None
+    damaged: tuple[tuple[str, str, str], ...] = ()
     report_file: Path | None = None
     retry_policy: RetryPolicy | None = None
 
@@ -136,6 +138,8 @@ class Sync:
     async def run(self) -> RunSummary:
         """Run to the end, or until interrupted; a run-fatal error is recorded, then raised."""
         started, clock = utc_now(), time.monotonic()
+        for item_id, role, reason in self.options.damaged:  # under the lock, like the rest
+            self.manifest.mark_damaged(self.kind.name, item_id, role, reason)
         command = "repair" if self.options.only_ids is not None else "sync"
         self.run_id = self.manifest.start_run(command + (" --full" if self.options.full else ""))
         interrupted = False
