@@ -147,7 +147,12 @@ class ArchiveLayout:
         folders = set()
         try:
             for temp, final in staged:
-                os.replace(temp, final)
+                try:
+                    os.replace(temp, final)
+                except FileNotFoundError:
+                    if not final.exists():
+                        raise
+                    # already published (a checkpoint interrupted half-way is run again)
                 folders.add(final.parent)
             for folder in folders:
                 fsync_dir(folder)

@@ -258,3 +258,23 @@ def test_metadata_json_is_readable_like_any_other_file(tmp_path: Path) -> None:
     umask = os.umask(0)
     os.umask(umask)
     assert mode == 0o666 & ~umask
+
+
+def test_publish_renames_staged_files_and_tolerates_a_second_pass(
+    layout: ArchiveLayout,
+) -> None:
+    layout.make_folder("videos/x")
+    folder = layout.resolve("videos/x")
+    staged = [(folder / "video.mp4.part", folder / "video.mp4")]
+    staged[0][0].write_bytes(b"data")
+    temp, final = layout.stage_metadata("videos/x", {"id": "x"}, {"files": {}})
+    staged.append((temp, final))
+    assert not final.exists() and temp.exists()
+    layout.publish(staged)
+    layout.publish(staged)  # an interrupted checkpoint runs again: nothing is lost
+    assert (folder / "video.mp4").read_bytes() == b"data"
+    assert json.loads(final.read_text())["id"] == "x"
+    assert sorted(p.name for p in folder.iterdir()) == ["metadata.json", "video.mp4"]
+    (folder / "video.mp4").unlink()
+    with pytest.raises(StorageError):
+        layout.publish(staged)
