@@ -19,7 +19,6 @@ from archiver.errors import StorageError
 from archiver.models import Asset, Item
 
 STATE_DIR = ".pictory-archiver"
-PART_SUFFIX = ".part"
 METADATA_NAME = "metadata.json"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _UMASK = os.umask(0o022)

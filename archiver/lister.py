@@ -12,13 +12,12 @@ import json
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable, Collection
 from contextlib import aclosing
-from datetime import UTC, datetime
 from typing import Any
 
 from archiver.api import PictoryClient
 from archiver.errors import ApiError, InvalidItemError
 from archiver.layout import ArchiveLayout
-from archiver.manifest import COMPLETE, Frontier, Manifest
+from archiver.manifest import COMPLETE, Frontier, Manifest, utc_now
 from archiver.models import Item, ItemKind, describe_id, parse_item
 from archiver.outcomes import Failure, ProgressSink
 
@@ -201,10 +200,6 @@ class Lister:
             except (InvalidItemError, ValueError):
                 continue
             await self.admit(item, record.folder, False)
-
-
-def utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _at_or_below(item: Item, frontier: Frontier | None, known: dict[str, str]) -> bool:

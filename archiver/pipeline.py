@@ -31,8 +31,16 @@ from archiver.errors import (
     ExpiredUrlError,
 )
 from archiver.layout import ArchiveLayout, write_atomic
-from archiver.lister import Lister, utc_now
-from archiver.manifest import COMPLETE, DAMAGED, FAILED, FETCHED, AssetRecord, Manifest
+from archiver.lister import Lister
+from archiver.manifest import (
+    COMPLETE,
+    DAMAGED,
+    FAILED,
+    FETCHED,
+    AssetRecord,
+    Manifest,
+    utc_now,
+)
 from archiver.models import (
     VIDEO,
     Asset,
